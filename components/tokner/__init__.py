@@ -1,0 +1,12 @@
+"""tokner: token-level clinical NER (RareDis) as spaCy components.
+
+Importing the package registers its tokenizer, sentencizer, readers and scorer
+(they are also exposed through entry points, so ``spacy.load`` finds them after a
+plain ``pip install``).
+"""
+from .tokenizer import PaperTokenizer, create_paper_tokenizer, make_doc  # noqa: F401
+from .sentencizer import PaperSentencizer  # noqa: F401
+from .scorer import PAPER_LABELS, ALL_LABELS, score_paper_ner  # noqa: F401
+from . import readers  # noqa: F401
+
+__version__ = "0.1.0"

@@ -1,0 +1,148 @@
+"""Command line: ``python -m tokner COMMAND`` (also installed as ``tokner``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+
+def _cmd_convert(args) -> int:
+    from .corpus import convert_corpus
+
+    report = convert_corpus(Path(args.raredis_dir), Path(args.output_dir), on_error=args.on_error)
+    for split, stats in report.items():
+        print(f"{split:<6} {stats['docs']:>4} docs  {stats['sentences']:>5} sentences  "
+              f"{stats['entities'] if 'entities' in stats else '-':>6} annotated  {stats['ents']:>6} in Doc.ents  "
+              f"({stats['format']}: {stats['source']})")
+    if args.stats:
+        Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.stats).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"policy counts written to {args.stats}")
+    return 0
+
+
+def _cmd_stats(args) -> int:
+    from .corpus import corpus_stats
+
+    out = {}
+    for p in args.docbins:
+        s = corpus_stats(Path(p))
+        out[p] = s
+        print(f"== {p}: {s['docs']} docs, {s['sentences']} sentences, {s['tokens']} tokens")
+        labels = sorted(set(s["ents"]) | set(s["annotated_entities"]))
+        print(f"{'type':<16}{'Doc.ents':>10}{'annotated':>11}{'fragments':>11}")
+        for l in labels:
+            print(f"{l:<16}{s['ents'].get(l, 0):>10}{s['annotated_entities'].get(l, 0):>11}{s['annotated_fragments'].get(l, 0):>11}")
+    if args.output:
+        Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    import spacy
+
+    from .evaluation import evaluate_pipeline, format_table, load_gold_docs
+
+    if args.gpu_id >= 0:
+        spacy.require_gpu(args.gpu_id)
+    nlp = spacy.load(args.model)
+    gold = load_gold_docs(Path(args.data), nlp)
+    scores, _ = evaluate_pipeline(nlp, gold, batch_size=args.batch_size, limit=args.limit)
+    print(format_table(scores))
+    print(f"{scores['docs']} docs, {scores['speed_words_per_second']:.0f} words/s")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(scores, indent=2) + "\n")
+    return 0
+
+
+def _cmd_score_outputs(args) -> int:
+    from .evaluation import format_table, score_answer_file
+
+    scores = score_answer_file(Path(args.answers), Path(args.gold_csv), align=args.align, grouping=args.grouping)
+    print(format_table(scores))
+    print(f"{scores['blocks']} blocks ({scores['grouping']} grouping, {scores['align']} alignment), "
+          f"{scores['invalid_tags_as_O']} invalid tags read as O")
+    if args.output:
+        Path(args.output).write_text(json.dumps(scores, indent=2) + "\n")
+    return 0
+
+
+def _cmd_write_outputs(args) -> int:
+    """Write Docs' entities (a DocBin's gold, or a pipeline's predictions) as answers."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    from .evaluation import load_gold_docs
+    from .paper_format import render_answer, render_blocks
+    from .tags import doc_tags, sentence_token_lists
+
+    nlp = spacy.load(args.model) if args.model else spacy.blank("en")
+    docs = load_gold_docs(Path(args.data), nlp)
+    if args.model:
+        docs = list(nlp.pipe(d.text for d in docs))
+    answers = []
+    for doc in docs:
+        tags = doc_tags(doc)
+        for sent in sentence_token_lists(doc):
+            answers.append(render_answer([doc[i].text for i in sent], [tags[i] for i in sent]))
+    Path(args.output).write_text(render_blocks(answers), encoding="utf-8")
+    print(f"{len(answers)} answer blocks written to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokner", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="RareDis folder (BRAT and/or IOB CSV) -> corpus/{train,dev,test}.spacy")
+    c.add_argument("raredis_dir")
+    c.add_argument("output_dir")
+    c.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="bad .ann lines / unpaired files: raise (default) or log, count and skip")
+    c.add_argument("--stats", help="write per-split policy counts as JSON here")
+    c.set_defaults(func=_cmd_convert)
+
+    s = sub.add_parser("stats", help="entity counts per type of DocBins")
+    s.add_argument("docbins", nargs="+")
+    s.add_argument("--output")
+    s.set_defaults(func=_cmd_stats)
+
+    e = sub.add_parser("evaluate", help="score any spaCy pipeline with the paper's metric")
+    e.add_argument("model")
+    e.add_argument("data", help="DocBin, BRAT folder or IOB CSV")
+    e.add_argument("--output", help="metrics JSON")
+    e.add_argument("--gpu-id", type=int, default=-1)
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--limit", type=int, default=0, help="only the first N documents")
+    e.set_defaults(func=_cmd_evaluate)
+
+    o = sub.add_parser("score-outputs", help="score a ######-separated 'token : label' file against an IOB CSV")
+    o.add_argument("answers")
+    o.add_argument("gold_csv")
+    o.add_argument("--align", choices=["position", "tokens"], default="position",
+                   help="position: the paper's line-by-line reading; tokens: tokner's aligner")
+    o.add_argument("--grouping", choices=["auto", "paper", "file"], default="auto")
+    o.add_argument("--output")
+    o.set_defaults(func=_cmd_score_outputs)
+
+    w = sub.add_parser("write-outputs", help="write gold or predicted entities in the paper's answer format")
+    w.add_argument("data", help="DocBin, BRAT folder or IOB CSV")
+    w.add_argument("output")
+    w.add_argument("--model", help="pipeline to run (default: write the gold entities)")
+    w.set_defaults(func=_cmd_write_outputs)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""``tokner_sentencizer``: the paper's sentence rule as a pipeline component.
+
+Works on any tokenization: a sentence ends after a token whose text is ".", "?" or
+"!" and that is followed by whitespace (or ends the text). Whitespace tokens stay
+with the sentence before them. No model download needed.
+"""
+from __future__ import annotations
+
+from spacy.language import Language
+from spacy.tokens import Doc
+
+from .tokenizer import SENT_END
+
+
+class PaperSentencizer:
+    def __init__(self, name: str = "tokner_sentencizer", overwrite: bool = True):
+        self.name = name
+        self.overwrite = overwrite
+
+    def __call__(self, doc: Doc) -> Doc:
+        if not len(doc):
+            return doc
+        if not self.overwrite and doc.has_annotation("SENT_START"):
+            return doc
+        pending = False
+        for i, token in enumerate(doc):
+            start = i == 0
+            if not token.is_space:
+                start = start or pending
+                pending = token.text in SENT_END and (
+                    bool(token.whitespace_) or i + 1 == len(doc) or doc[i + 1].is_space
+                )
+            token.is_sent_start = start
+        return doc
+
+    def pipe(self, stream, batch_size: int = 128):
+        for doc in stream:
+            yield self(doc)
+
+    def to_bytes(self, *, exclude=tuple()):
+        return b""
+
+    def from_bytes(self, data, *, exclude=tuple()):
+        return self
+
+    def to_disk(self, path, *, exclude=tuple()):
+        return None
+
+    def from_disk(self, path, *, exclude=tuple()):
+        return self
+
+
+@Language.factory(
+    "tokner_sentencizer",
+    assigns=["token.is_sent_start", "doc.sents"],
+    default_config={"overwrite": True},
+)
+def make_sentencizer(nlp: Language, name: str, overwrite: bool) -> PaperSentencizer:
+    return PaperSentencizer(name, overwrite=overwrite)
