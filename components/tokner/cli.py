@@ -24,6 +24,14 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_unpack(args) -> int:
+    from .corpus import unpack_assets
+
+    for split, path in unpack_assets(Path(args.download_dir), Path(args.raredis_dir), verify=not args.no_verify).items():
+        print(f"{split}: {path}")
+    return 0
+
+
 def _cmd_stats(args) -> int:
     from .corpus import corpus_stats
 
@@ -106,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bad .ann lines / unpaired files: raise (default) or log, count and skip")
     c.add_argument("--stats", help="write per-split policy counts as JSON here")
     c.set_defaults(func=_cmd_convert)
+
+    u = sub.add_parser("unpack-assets", help="unzip the downloaded RareDis BRAT zips (+ test CSV) into RAREDIS_DIR")
+    u.add_argument("download_dir")
+    u.add_argument("raredis_dir")
+    u.add_argument("--no-verify", action="store_true", help="skip the content fingerprint check")
+    u.set_defaults(func=_cmd_unpack)
 
     s = sub.add_parser("stats", help="entity counts per type of DocBins")
     s.add_argument("docbins", nargs="+")

@@ -91,3 +91,64 @@ def corpus_stats(path: Path, spans_key: str = SPANS_KEY) -> Dict:
         "annotated_entities": dict(sorted(ids.items())),
         "annotated_fragments": dict(sorted(spans.items())),
     }
+
+
+# --- assets: unpacking the public downloads -----------------------------------------
+
+# sha256 over the sorted (file name, bytes) of every .txt/.ann file of a split, as
+# published (corpus/train.zip and corpus/dev.zip of the RareDis repository). The zips'
+# own bytes could not be fetched where this was written, so the check is on content.
+BRAT_FINGERPRINTS = {
+    "train": "a0c7dc9a7d77abad6755e7148b29d46c214f9e5e9db661e983cb9ac43cc078c0",
+    "dev": "cce4119fc35984b62bdc69f64df26de9216702886d8ba41307e82a2dce91d851",
+}
+
+
+def brat_fingerprint(folder: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).iterdir()):
+        if p.suffix in (".txt", ".ann"):
+            h.update(p.name.encode("utf-8") + b"\0")
+            h.update(p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def unpack_assets(download_dir: Path, raredis_dir: Path, verify: bool = True) -> Dict[str, str]:
+    """Unzip ``train.zip``/``dev.zip`` (BRAT) and copy ``test_combined_IOB_data.csv`` (if
+    downloaded) from ``download_dir`` into the layout ``convert`` reads."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    download_dir, raredis_dir = Path(download_dir), Path(raredis_dir)
+    done: Dict[str, str] = {}
+    for split in ("train", "dev"):
+        zpath = download_dir / f"{split}.zip"
+        if not zpath.is_file():
+            raise FileNotFoundError(f"{zpath} not found: run `spacy project assets` first")
+        target = raredis_dir / split
+        with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(zpath) as zf:
+            zf.extractall(tmp)
+            folders = {p.parent for p in Path(tmp).rglob("*.ann") if "__MACOSX" not in p.parts}
+            if len(folders) != 1:
+                raise ValueError(f"{zpath}: expected one folder of .ann files, found {len(folders)}")
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir(parents=True)
+            for p in next(iter(folders)).iterdir():
+                if p.suffix in (".txt", ".ann"):
+                    shutil.copy2(p, target / p.name)
+        digest = brat_fingerprint(target)
+        if verify and digest != BRAT_FINGERPRINTS[split]:
+            raise ValueError(
+                f"{zpath}: content fingerprint {digest} differs from the published {split} split "
+                f"({BRAT_FINGERPRINTS[split]}); pass --no-verify to use it anyway"
+            )
+        done[split] = str(target)
+    csv = download_dir / "test_combined_IOB_data.csv"
+    if csv.is_file():
+        shutil.copy2(csv, raredis_dir / csv.name)
+        done["test"] = str(raredis_dir / csv.name)
+    return done

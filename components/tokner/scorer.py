@@ -90,17 +90,23 @@ def paper_prf(examples: Iterable[Example], labels: Sequence[str] = PAPER_LABELS)
     return results
 
 
-def score_paper_ner(examples: Iterable[Example], labels: Sequence[str] = PAPER_LABELS, **kwargs) -> Dict[str, Any]:
+def score_paper_ner(examples: Iterable[Example], paper_types: Sequence[str] = PAPER_LABELS, **kwargs) -> Dict[str, Any]:
+    """spaCy's ``Scorer.score_spans`` on ``doc.ents`` plus the paper's metric.
+
+    paper_types: the types averaged into ``paper_avg_*`` and ``paper_micro5_*``.
+    Other keyword arguments (spaCy passes its scorer settings) go to ``score_spans``.
+    """
     examples = list(examples)
+    kwargs.pop("labels", None)  # spaCy's pipes pass their label set; the span scorer does not take it
     scores = Scorer.score_spans(examples, "ents", **kwargs)
-    scores.update(paper_prf(examples, labels))
+    scores.update(paper_prf(examples, paper_types))
     return scores
 
 
-def make_paper_ner_scorer(labels: List[str] = list(PAPER_LABELS)):
+def make_paper_ner_scorer(paper_types: List[str] = list(PAPER_LABELS)):
     """Registered as ``tokner.paper_ner_scorer.v1`` in spaCy's ``scorers`` registry."""
 
     def scorer(examples: Iterable[Example], **kwargs) -> Dict[str, Any]:
-        return score_paper_ner(examples, labels=labels, **kwargs)
+        return score_paper_ner(examples, paper_types=paper_types, **kwargs)
 
     return scorer

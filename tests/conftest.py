@@ -1,0 +1,51 @@
+import os
+from pathlib import Path
+
+import pytest
+import spacy
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _find_raredis() -> Path:
+    env = os.environ.get("RAREDIS_DIR")
+    for cand in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "raredis", ROOT / "assets" / "raredis"]:
+        if (cand / "brat" / "dev").is_dir() or (cand / "dev").is_dir():
+            return cand
+    return None
+
+
+RAREDIS = _find_raredis()
+
+
+@pytest.fixture(scope="session")
+def raredis_dir() -> Path:
+    if RAREDIS is None:
+        pytest.skip("RareDis data not found (set RAREDIS_DIR)")
+    return RAREDIS
+
+
+@pytest.fixture(scope="session")
+def brat_dev(raredis_dir) -> Path:
+    return raredis_dir / "brat" / "dev" if (raredis_dir / "brat").is_dir() else raredis_dir / "dev"
+
+
+@pytest.fixture(scope="session")
+def brat_train(raredis_dir) -> Path:
+    return raredis_dir / "brat" / "train" if (raredis_dir / "brat").is_dir() else raredis_dir / "train"
+
+
+@pytest.fixture(scope="session")
+def dev_csv(raredis_dir) -> Path:
+    for p in (raredis_dir / "iob" / "dev_combined_IOB_data.csv", raredis_dir / "dev_combined_IOB_data.csv"):
+        if p.is_file():
+            return p
+    pytest.skip("dev IOB CSV not found")
+
+
+@pytest.fixture(scope="session")
+def nlp():
+    return spacy.blank("en")
