@@ -35,6 +35,12 @@ from .tokenizer import make_doc
 logger = logging.getLogger(__name__)
 
 SPANS_KEY = "raredis"
+# The per-split counts `convert` reports (README "Corpus policy" explains each).
+POLICY_COUNTS = (
+    "docs", "entities", "discontinuous", "ents", "annotations_in_ents_unchanged",
+    "ents_discontinuous_first_fragment", "annotations_not_in_ents_overlap", "ents_not_an_annotation",
+    "tokens_split_for_boundaries", "unaligned_fragments", "quote_escape_warnings", "skipped_lines",
+)
 _ENTITY_FIELD = re.compile(r"^(?P<label>[^\s;]+) (?P<offsets>\d+ \d+(?:;\d+ \d+)*)$")
 # BRAT line kinds that are not text-bound entities: relations, events, attributes,
 # modifiers, normalizations, notes, equivalences.
@@ -224,7 +230,7 @@ def paper_tags(doc: Doc, entities: Sequence[BratEntity]) -> List[str]:
 
 def brat_to_doc(vocab: Vocab, bdoc: BratDocument, spans_key: str = SPANS_KEY) -> Tuple[Doc, Counter]:
     """Convert one BRAT document; returns the Doc and the policy counts for it."""
-    stats: Counter = Counter()
+    stats: Counter = Counter({k: 0 for k in POLICY_COUNTS})
     cuts = {o for ent in bdoc.entities for frag in ent.fragments for o in frag}
     plain = make_doc(vocab, bdoc.text, sentences=False)
     doc = make_doc(vocab, bdoc.text, split_at=cuts, sentences=True)
