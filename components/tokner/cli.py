@@ -58,8 +58,15 @@ def _cmd_evaluate(args) -> int:
         spacy.require_gpu(args.gpu_id)
     nlp = spacy.load(args.model)
     gold = load_gold_docs(Path(args.data), nlp)
-    scores, _ = evaluate_pipeline(nlp, gold, batch_size=args.batch_size, limit=args.limit)
+    scores, examples = evaluate_pipeline(nlp, gold, batch_size=args.batch_size, limit=args.limit)
+    scores["model"] = str(args.model)
+    scores["data"] = str(args.data)
     print(format_table(scores))
+    if args.save_docs:
+        from spacy.tokens import DocBin
+
+        Path(args.save_docs).parent.mkdir(parents=True, exist_ok=True)
+        DocBin(store_user_data=False, docs=[eg.predicted for eg in examples]).to_disk(args.save_docs)
     print(f"{scores['docs']} docs, {scores['speed_words_per_second']:.0f} words/s")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +109,27 @@ def _cmd_write_outputs(args) -> int:
     return 0
 
 
+def _pairs(items: List[str]):
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"expected NAME=PATH, got {item!r}")
+        name, path = item.split("=", 1)
+        out.append((name, Path(path)))
+    return out
+
+
+def _cmd_compare(args) -> int:
+    from .report import compare
+
+    res = compare(_pairs(args.metrics), Path(args.output_dir), gold=Path(args.gold) if args.gold else None,
+                  docs_pairs=_pairs(args.docs), n_docs=args.n_docs, split=args.split)
+    print((Path(res["markdown"])).read_text())
+    for k, v in res.items():
+        print(f"{k}: {v}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokner", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -133,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gpu-id", type=int, default=-1)
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--limit", type=int, default=0, help="only the first N documents")
+    e.add_argument("--save-docs", help="also write the predicted Docs as a DocBin (for `compare`'s displaCy pages)")
     e.set_defaults(func=_cmd_evaluate)
 
     o = sub.add_parser("score-outputs", help="score a ######-separated 'token : label' file against an IOB CSV")
@@ -149,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("output")
     w.add_argument("--model", help="pipeline to run (default: write the gold entities)")
     w.set_defaults(func=_cmd_write_outputs)
+    r = sub.add_parser("compare", help="comparison table (Markdown), F1 bar chart (PNG) and displaCy error pages")
+    r.add_argument("output_dir")
+    r.add_argument("--metrics", nargs="+", required=True, help="NAME=metrics.json (from `tokner evaluate`)")
+    r.add_argument("--docs", nargs="*", default=[], help="NAME=predicted.spacy (from `tokner evaluate --save-docs`)")
+    r.add_argument("--gold", help="gold DocBin for the displaCy pages")
+    r.add_argument("--n-docs", type=int, default=5)
+    r.add_argument("--split", default="dev")
+    r.set_defaults(func=_cmd_compare)
     return p
 
 

@@ -1,0 +1,170 @@
+"""The comparison report: a Markdown table, an F1-per-type bar chart and displaCy pages.
+
+Inputs are the metrics JSON files written by ``python -m tokner evaluate`` (and the
+optional predicted DocBins from ``--save-docs``). The paper's published test figures
+are shown beside ours, marked as theirs: they are on the *test* split, ours on *dev*.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .scorer import PAPER_LABELS
+
+# Lu et al. (2024), test split, mean F1 over the five types (the only figures quoted here).
+PUBLISHED = [
+    ("GPT-4 5-shot (Lu et al. 2024, test)", 0.321),
+    ("GPT-4 zero-shot (Lu et al. 2024, test)", 0.277),
+    ("Llama2-MedTuned-7B 5-shot (Lu et al. 2024, test)", 0.251),
+]
+HUMAN_AGREEMENT_F1 = 0.835
+SUMMARY_ROWS = ("AVG-5", "MICRO-5", "MICRO-ALL")
+
+
+def load_metrics(pairs: Sequence[Tuple[str, Path]]) -> Dict[str, Dict]:
+    """{method name: metrics dict}; missing files are reported, not silently skipped."""
+    out = {}
+    for name, path in pairs:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"metrics for {name!r} not found: {path}")
+        out[name] = json.loads(path.read_text())
+    return out
+
+
+def markdown_table(metrics: Dict[str, Dict], split: str = "dev") -> str:
+    types = list(PAPER_LABELS)
+    head = ["method"] + [f"{t} P/R/F" for t in types] + ["Avg-5 F", "micro-5 F", "micro-all F", "words/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in metrics.items():
+        table = m["spans_paper_per_type"]
+        cells = [f"{name} ({split})"]
+        for t in types:
+            v = table.get(t, {"p": 0, "r": 0, "f": 0})
+            cells.append(f"{v['p']:.3f}/{v['r']:.3f}/{v['f']:.3f}")
+        cells += [f"**{table['AVG-5']['f']:.3f}**", f"{table['MICRO-5']['f']:.3f}", f"{table['MICRO-ALL']['f']:.3f}"]
+        wps = m.get("speed_words_per_second")
+        cells.append(f"{wps:,.0f}" if wps else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    for name, f in PUBLISHED:
+        lines.append("| " + " | ".join([f"*{name}*"] + ["–"] * len(types) + [f"*{f:.3f}*", "–", "–", "–"]) + " |")
+    lines.append("| " + " | ".join([f"*human agreement (Martínez-deMiguel et al. 2022)*"] + ["–"] * len(types) + [f"*{HUMAN_AGREEMENT_F1:.3f}*", "–", "–", "–"]) + " |")
+    return "\n".join(lines)
+
+
+def bar_chart(metrics: Dict[str, Dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = list(PAPER_LABELS) + ["AVG-5"]
+    n = max(len(metrics), 1)
+    width = 0.8 / n
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(cats)) + 4, 4.5),
+                                  gridspec_kw={"width_ratios": [len(cats), 2]})
+    for i, (name, m) in enumerate(metrics.items()):
+        table = m["spans_paper_per_type"]
+        vals = [table.get(c, {"f": 0.0})["f"] for c in cats]
+        xs = [j + i * width - 0.4 + width / 2 for j in range(len(cats))]
+        ax.bar(xs, vals, width, label=name)
+    for label, f in PUBLISHED[:1]:
+        ax.axhline(f, color="grey", ls="--", lw=1)
+        ax.text(-0.45, f + 0.01, f"GPT-4 5-shot Avg (paper, test) {f:.3f}", ha="left", fontsize=8, color="grey")
+    ax.set_xticks(range(len(cats)))
+    ax.set_xticklabels(cats)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1 (strict, dev)")
+    ax.set_title("F1 per entity type and method (paper metric, dev split)")
+    ax.legend(fontsize=8, ncol=2)
+    names = list(metrics)
+    speeds = [metrics[n].get("speed_words_per_second") or 0.0 for n in names]
+    ax2.barh(names, speeds, color=[f"C{i}" for i in range(len(names))])
+    ax2.set_xscale("log")
+    ax2.set_xlabel("words / second (this machine, log scale)")
+    ax2.set_title("Throughput")
+    ax2.invert_yaxis()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _render(text: str, spans: List[Tuple[int, int, str]], colors: Dict[str, str]) -> str:
+    from spacy import displacy
+
+    ents = [{"start": s, "end": e, "label": l} for s, e, l in sorted(spans)]
+    return displacy.render({"text": text, "ents": ents, "title": None}, style="ent", manual=True,
+                           options={"colors": colors}, page=False, jupyter=False)
+
+
+def displacy_pages(gold_docs, pred_docs_by_method: Dict[str, list], path: Path, n_docs: int = 5) -> Path:
+    """displaCy renderings of gold and each method's entities, side by side, for the
+    first ``n_docs`` docs. A prediction that is not in the gold (wrong span or type,
+    strict match) is shown red as ``✗ LABEL``; gold entities a method missed are listed
+    under its column."""
+    labels = sorted({e.label_ for d in gold_docs for e in d.ents} |
+                    {e.label_ for docs in pred_docs_by_method.values() for d in docs for e in d.ents})
+    colors = {f"✗ {l}": "#ff9a9a" for l in labels}
+    parts = ["<html><head><meta charset='utf-8'><title>tokner: gold vs predicted</title></head>",
+             "<body style='font-family:sans-serif'>",
+             "<h1>Gold vs predicted entities (dev sample)</h1>",
+             "<p>Red <b>✗ LABEL</b>: a predicted entity that is not in the gold (wrong span or type). "
+             "Missed gold entities are listed under each method.</p>"]
+    for i, gold in enumerate(gold_docs[:n_docs]):
+        g = {(e.start_char, e.end_char, e.label_) for e in gold.ents}
+        cols = [(m, docs[i]) for m, docs in pred_docs_by_method.items() if i < len(docs)]
+        name = html.escape(str(gold.user_data.get("source", f"doc {i}")))
+        parts.append(f"<h2>{name}</h2><table style='border-collapse:collapse;table-layout:fixed;width:100%'><tr>")
+        parts.append("<th style='border:1px solid #ccc'>gold</th>" + "".join(
+            f"<th style='border:1px solid #ccc'>{html.escape(m)}</th>" for m, _ in cols) + "</tr><tr>")
+        cell = "<td style='vertical-align:top;border:1px solid #ccc;padding:6px'>{}</td>"
+        parts.append(cell.format(_render(gold.text, sorted(g), colors)))
+        for _, pred in cols:
+            p = {(e.start_char, e.end_char, e.label_) for e in pred.ents}
+            spans = [(s, e, l if (s, e, l) in g else f"✗ {l}") for s, e, l in p]
+            missed = sorted(g - p)
+            miss = "".join(f"<li>{html.escape(gold.text[s:e])} <small>{l}</small></li>" for s, e, l in missed)
+            parts.append(cell.format(_render(gold.text, spans, colors)
+                                     + f"<p><b>missed ({len(missed)}):</b></p><ul>{miss}</ul>"))
+        parts.append("</tr></table>")
+    parts.append("</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def compare(
+    pairs: Sequence[Tuple[str, Path]],
+    out_dir: Path,
+    gold: Optional[Path] = None,
+    docs_pairs: Sequence[Tuple[str, Path]] = (),
+    n_docs: int = 5,
+    split: str = "dev",
+) -> Dict[str, Path]:
+    import spacy
+    from spacy.tokens import DocBin
+
+    metrics = load_metrics(pairs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / "comparison.md"
+    png = bar_chart(metrics, out_dir / "f1_by_type.png")
+    md.write_text(
+        "# Comparison (paper metric, strict span match)\n\n"
+        f"Our rows: {split} split, from `python -m tokner evaluate`. Rows in italics are the "
+        "published figures of Lu et al. (2024) on the *test* split (Avg F1 only), not ours.\n\n"
+        + markdown_table(metrics, split)
+        + f"\n\n![F1 per type]({png.name})\n",
+        encoding="utf-8",
+    )
+    result = {"markdown": md, "chart": png}
+    if gold is not None and docs_pairs:
+        vocab = spacy.blank("en").vocab
+        gold_docs = list(DocBin().from_disk(gold).get_docs(vocab))
+        preds = {name: list(DocBin().from_disk(p).get_docs(vocab)) for name, p in docs_pairs if Path(p).is_file()}
+        result["html"] = displacy_pages(gold_docs, preds, out_dir / "errors.html", n_docs=n_docs)
+    return result

@@ -1,0 +1,44 @@
+import json
+
+import pytest
+import spacy
+from spacy.tokens import DocBin
+
+from tokner.cli import main
+from tokner.iob import read_iob_docs
+
+
+@pytest.fixture()
+def ruler_model(tmp_path, dev_csv):
+    nlp = spacy.blank("en", config={"nlp": {"tokenizer": {"@tokenizers": "tokner.PaperTokenizer.v1"}}})
+    nlp.add_pipe("tokner_sentencizer")
+    ruler = nlp.add_pipe("entity_ruler")
+    docs, _ = read_iob_docs(dev_csv, nlp.vocab)
+    docs = docs[:8]
+    # half of the gold strings as patterns, plus one wrong-typed pattern
+    ruler.add_patterns([{"label": e.label_, "pattern": e.text} for d in docs for e in list(d.ents)[::2]])
+    ruler.add_patterns([{"label": "SYMPTOM", "pattern": "disorder"}])
+    nlp.to_disk(tmp_path / "model")
+    DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "dev.spacy")
+    return tmp_path
+
+
+def test_evaluate_then_compare(ruler_model, capsys):
+    d = ruler_model
+    assert main(["evaluate", str(d / "model"), str(d / "dev.spacy"), "--output", str(d / "m.json"),
+                 "--save-docs", str(d / "pred.spacy")]) == 0
+    m = json.loads((d / "m.json").read_text())
+    assert 0.2 < m["paper_micro_r"] < 1.0 and m["speed_words_per_second"] > 0
+    assert main(["compare", str(d / "reports"), "--metrics", f"ruler={d / 'm.json'}",
+                 "--docs", f"ruler={d / 'pred.spacy'}", "--gold", str(d / "dev.spacy"), "--n-docs", "3"]) == 0
+    md = (d / "reports" / "comparison.md").read_text()
+    assert "| ruler (dev) |" in md and "GPT-4 5-shot (Lu et al. 2024, test)" in md
+    assert f"{m['spans_paper_per_type']['AVG-5']['f']:.3f}" in md
+    assert (d / "reports" / "f1_by_type.png").read_bytes()[:4] == b"\x89PNG"
+    page = (d / "reports" / "errors.html").read_text()
+    assert page.count("<h2>") == 3 and "✗ SYMPTOM" in page and "missed (" in page
+
+
+def test_compare_reports_missing_metrics(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics for 'x' not found"):
+        main(["compare", str(tmp_path / "r"), "--metrics", f"x={tmp_path / 'nope.json'}"])
