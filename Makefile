@@ -27,7 +27,7 @@ all: install
 	@if [ "$(RAREDIS_DIR)" = "assets/raredis" ] && [ ! -d assets/raredis/dev ]; then \
 		$(BIN)/python -m spacy project assets . && $(BIN)/python -m spacy project run unpack-assets . ; fi
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PATH=$(abspath $(BIN)):$$PATH \
-		$(BIN)/python -m spacy project run all . --vars.raredis_dir $(RAREDIS_DIR)
+		$(BIN)/python -m tokner.workflow all --vars.raredis_dir $(RAREDIS_DIR)
 
 clean:
 	rm -rf corpus/*.spacy corpus/*.json training metrics reports
