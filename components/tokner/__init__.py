@@ -9,4 +9,9 @@ from .sentencizer import PaperSentencizer  # noqa: F401
 from .scorer import PAPER_LABELS, ALL_LABELS, score_paper_ner  # noqa: F401
 from . import readers  # noqa: F401
 
+import importlib.util as _ilu
+
+if _ilu.find_spec("spacy_llm") is not None:
+    from . import llm  # noqa: F401  (registers tokner.TokenNER.v1 and its models/retrievers)
+
 __version__ = "0.1.0"

@@ -1,9 +1,11 @@
 """Run a workflow of ``project.yml`` step by step and print how long each step took.
 
-``python -m tokner.workflow all [--vars.NAME VALUE ...]`` runs every command of the
+``python -m tokner.workflow all [--vars-file FILE.yml] [--vars.NAME VALUE ...]`` runs every command of the
 workflow with ``spacy project run`` (so unchanged steps are skipped as usual, from
 their deps/outputs), stops at the first failure, prints a timing table and writes it
-to ``metrics/timings-<workflow>.json``.
+to ``metrics/timings-<workflow>.json``. ``--vars-file`` reads overrides of project.yml's
+``vars`` from a YAML mapping (e.g. ``configs/paper.vars.yml``); ``--vars.NAME VALUE``
+given after it win.
 """
 from __future__ import annotations
 
@@ -45,12 +47,35 @@ def run_workflow(name: str, extra: List[str], project_dir: Path = Path(".")) -> 
     return rc
 
 
+def expand_vars_file(args: List[str], project_dir: Path = Path(".")) -> List[str]:
+    """Replace ``--vars-file FILE`` by ``--vars.NAME VALUE`` pairs, checking every name
+    exists in project.yml's vars (a typo must not be ignored silently)."""
+    out: List[str] = []
+    i = 0
+    known = set(srsly.read_yaml(project_dir / "project.yml").get("vars", {}))
+    while i < len(args):
+        if args[i] == "--vars-file":
+            if i + 1 >= len(args):
+                raise SystemExit("--vars-file needs a path")
+            data = srsly.read_yaml(args[i + 1]) or {}
+            unknown = sorted(set(data) - known)
+            if unknown:
+                raise SystemExit(f"{args[i + 1]}: unknown project vars {unknown}")
+            for k, v in data.items():
+                out += [f"--vars.{k}", str(v)]
+            i += 2
+        else:
+            out.append(args[i])
+            i += 1
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
         print(__doc__)
         return 2
-    return run_workflow(argv[0], argv[1:])
+    return run_workflow(argv[0], expand_vars_file(argv[1:]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""The shipped llm configs assemble (replay for real; the others with the model swapped)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("spacy_llm")
+
+import spacy  # noqa: E402
+from spacy.tokens import Doc, DocBin  # noqa: E402
+
+import tokner.llm  # noqa: E402,F401
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+TEXT = "Marfan syndrome causes joint pain. It is rare."
+
+
+def assemble(cfg: Path, out: Path, overrides: dict):
+    """What `spacy assemble CONFIG OUT --key value` does."""
+    config = spacy.util.load_config(cfg, overrides=overrides, interpolate=False)
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True)
+    nlp.initialize()
+    nlp.to_disk(out)
+    return spacy.load(out)
+
+
+def _responses(tmp_path: Path) -> Path:
+    path = tmp_path / "answers.txt"
+    path.write_text("######\nMarfan : B-RAREDISEASE\nsyndrome : I-RAREDISEASE\ncauses : O\njoint : B-SYMPTOM\n"
+                    "pain : I-SYMPTOM\n. : O\n######\nIt : O\nis : O\nrare : O\n. : O\n")
+    return path
+
+
+def test_replay_config_assembles(tmp_path):
+    nlp = assemble(CONFIGS / "llm_replay.cfg", tmp_path / "out", {"paths.responses": str(_responses(tmp_path))})
+    assert nlp.pipe_names == ["tokner_sentencizer", "llm"]
+    assert [(e.text, e.label_) for e in nlp(TEXT).ents] == [("Marfan syndrome", "RAREDISEASE"), ("joint pain", "SYMPTOM")]
+
+
+@pytest.mark.parametrize("name", ["llm_zero", "llm_few", "llm_rag", "llm_openai"])
+def test_generation_configs_resolve(tmp_path, name):
+    nlp0 = spacy.blank("en")
+    db = DocBin()
+    for words, ents in ((["Marfan", "syndrome", "is", "rare", "."], ["B-RAREDISEASE", "I-RAREDISEASE", "O", "O", "O"]),
+                        (["Pain", "is", "common", "."], ["B-SYMPTOM", "O", "O", "O"])):
+        db.add(Doc(nlp0.vocab, words=words, ents=ents, sent_starts=[True] + [False] * (len(words) - 1)))
+    db.to_disk(tmp_path / "train.spacy")
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    (kb / "a.txt").write_text("Marfan syndrome affects connective tissue.")
+    overrides = {
+        "components.llm.model": {"@llm_models": "tokner.ReplayModel.v1", "path": str(_responses(tmp_path))},
+        "paths.cache": str(tmp_path / "cache"),
+    }
+    text = (CONFIGS / f"{name}.cfg").read_text()
+    if "paths.train" in text:
+        overrides["paths.train"] = str(tmp_path / "train.spacy")
+    if name == "llm_few":
+        overrides["components.llm.task.examples.k"] = 2
+    if name == "llm_rag":
+        overrides["paths.knowledge"] = str(kb)
+        bm25 = {"@llm_misc": "tokner.BM25Index.v1"}
+        overrides["components.llm.task.examples.index"] = bm25
+        overrides["components.llm.task.knowledge.index"] = bm25
+    nlp = assemble(CONFIGS / f"{name}.cfg", tmp_path / "out", overrides)
+    assert [e.text for e in nlp(TEXT).ents] == ["Marfan syndrome", "joint pain"]
+    cfg = spacy.util.load_config(CONFIGS / f"{name}.cfg")
+    cache = cfg["components"]["llm"]["cache"]["path"]
+    assert cache, f"{name}: spacy-llm's cache must be enabled"

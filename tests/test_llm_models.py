@@ -1,0 +1,156 @@
+"""Backends: a tiny random causal LM end to end, dense retrieval with a tiny encoder,
+the OpenAI-compatible client against a fake server."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("spacy_llm")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import spacy  # noqa: E402
+
+import tokner.llm  # noqa: E402,F401
+from tokner.llm import DenseIndex  # noqa: E402
+from tokner.llm.models import make_hf_causal_lm, make_openai_compatible  # noqa: E402
+from tokner.llm.task import make_token_ner_task  # noqa: E402
+from tokner.tags import is_valid_tag  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOL = ROOT / "assets" / "models" / "SmolLM2-135M-Instruct"
+MINILM = ROOT / "assets" / "models" / "all-MiniLM-L6-v2"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "vocab.txt")
+
+
+def _copy_tokenizer(src: Path, dest: Path) -> None:
+    if not src.is_dir():
+        pytest.skip(f"{src} not materialised (python -m tokner.offline ...)")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copy(src / name, dest / name)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny_llama")
+    _copy_tokenizer(SMOL, path)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                   pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def test_hf_model_end_to_end(tiny_llama, tmp_path):
+    nlp = spacy.blank("en", config={"nlp": {"tokenizer": {"@tokenizers": "tokner.PaperTokenizer.v1"}}})
+    nlp.add_pipe("tokner_sentencizer")
+    nlp.add_pipe("llm", config={
+        "task": {"@llm_tasks": "tokner.TokenNER.v1"},
+        "model": {"@llm_models": "tokner.HFCausalLM.v1", "name": str(tiny_llama), "batch_size": 2,
+                  "max_new_tokens_cap": 24, "num_threads": 1},
+        "cache": {"@llm_misc": "spacy.BatchCache.v1", "path": str(tmp_path / "cache"), "batch_size": 1,
+                  "max_batches_in_mem": 1},
+    })
+    model = nlp.get_pipe("llm")._model
+    assert model.use_chat_template  # SmolLM2's tokenizer has one
+    texts = ["Marfan syndrome causes pain.  It is rare.", "Fatigue is common in lupus ."]
+    docs = list(nlp.pipe(texts, batch_size=2))
+    for doc, text in zip(docs, texts):
+        assert doc.text == text
+        assert doc._.tokner_llm["units"] == len(list(doc.sents))
+        for ent in doc.ents:  # random weights: whatever was predicted sits on token boundaries
+            assert doc.char_span(ent.start_char, ent.end_char) == ent
+    nlp.to_disk(tmp_path / "pipe")
+    nlp2 = spacy.load(tmp_path / "pipe")
+    assert [d.text for d in nlp2.pipe(texts)] == texts
+
+
+def test_hf_budget_scales_with_sentence_length(tiny_llama):
+    model = make_hf_causal_lm(name=str(tiny_llama), num_threads=1)
+    task = make_token_ner_task()
+    short = task.render(["Pain", "."])
+    long = task.render(["word"] * 100)
+    assert model.budget(short) < model.budget(long) <= model.max_new_tokens_cap
+    assert model.budget(long) > 128  # the paper's fixed 128 would truncate this sentence
+    fixed = make_hf_causal_lm(name=str(tiny_llama), max_new_tokens=7, num_threads=1)
+    assert fixed.budget(long) == 7
+    out = fixed([[short], [], [long]])
+    assert [len(x) for x in out] == [1, 0, 1] and all(isinstance(x, str) for x in out[0] + out[2])
+
+
+def test_dense_index_neighbours(tmp_path):
+    _copy_tokenizer(MINILM, tmp_path / "enc")
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "enc")
+    cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64)
+    torch.manual_seed(0)
+    transformers.BertModel(cfg).save_pretrained(tmp_path / "enc")
+    index = DenseIndex(str(tmp_path / "enc"), batch_size=2)
+    texts = ["marfan syndrome is rare", "joint pain and fatigue", "enlarged liver", "the patient coughs"]
+    index.build(texts)
+    assert index.vectors.shape == (4, 32)
+    assert index.search_many(texts, 1) == [[0], [1], [2], [3]]  # each text is its own nearest neighbour
+    index.to_disk(tmp_path / "idx")
+    again = DenseIndex(str(tmp_path / "enc")).from_disk(tmp_path / "idx", texts)
+    assert again.search_many(["enlarged liver"], 2)[0][0] == 2
+
+
+def test_openai_compatible_base_url(monkeypatch):
+    import requests
+
+    calls = []
+
+    class Resp:
+        status_code = 200
+
+        def json(self):
+            return {"choices": [{"message": {"content": "Pain : B-SYMPTOM\n. : O"}}]}
+
+    def fake_post(url, json=None, headers=None, timeout=None):
+        calls.append((url, json, headers))
+        return Resp()
+
+    monkeypatch.setattr(requests, "post", fake_post)
+    monkeypatch.setenv("MY_KEY", "secret")
+    model = make_openai_compatible(name="llama3", base_url="http://localhost:8000/v1/", api_key_env="MY_KEY")
+    task = make_token_ner_task()
+    out = model([[task.render(["Pain", "."])]])
+    assert out == [["Pain : B-SYMPTOM\n. : O"]]
+    url, body, headers = calls[0]
+    assert url == "http://localhost:8000/v1/chat/completions"
+    assert body["model"] == "llama3" and body["temperature"] == 0 and body["max_tokens"] > 0
+    assert headers["Authorization"] == "Bearer secret"
+
+    class Bad:
+        status_code = 400
+        text = "bad request"
+
+    monkeypatch.setattr(requests, "post", lambda *a, **k: Bad())
+    with pytest.raises(ValueError, match="localhost:8000"):
+        make_openai_compatible(base_url="http://localhost:8000/v1", interval=0.01)([["x"]])
+
+
+def test_tags_from_model_output_are_valid(tiny_llama):
+    from tokner.align import align_answer
+
+    model = make_hf_causal_lm(name=str(tiny_llama), max_new_tokens=30, num_threads=1)
+    words = ["Marfan", "syndrome", "."]
+    [[answer]] = model([[make_token_ner_task().render(words)]])
+    tags, stats = align_answer(words, answer, ["RAREDISEASE"])
+    assert len(tags) == 3 and all(is_valid_tag(t) for t in tags)
+
+
+def test_prime_answer(tiny_llama):
+    model = make_hf_causal_lm(name=str(tiny_llama), max_new_tokens=3, num_threads=1, prime_answer=True)
+    prompt = make_token_ner_task().render(["Marfan", "syndrome"])
+    assert model.format_prompt(prompt).endswith("<|im_start|>assistant\nMarfan :")
+    [[answer]] = model([[prompt]])
+    assert answer.startswith("Marfan :")
