@@ -31,6 +31,7 @@ def main() -> int:
     p.add_argument("--save-pipeline", help="also write the assembled pipeline here")
     p.add_argument("--responses", help="write the raw responses as JSONL ({tokens, response} per prompt): "
                                       "replay them with configs/llm_replay.cfg to re-score without generating")
+    p.add_argument("--save-docs", help="write the predicted Docs as a DocBin (for `tokner compare`)")
     p.add_argument("--set", action="append", default=[], help="config override key=value (JSON value or string)")
     args = p.parse_args()
 
@@ -87,11 +88,15 @@ def main() -> int:
                 io = doc.user_data.get("llm_io", {}).get("llm", {})
                 for unit, resp in zip(sentence_token_lists(doc), io.get("response", [])):
                     f.write(json.dumps({"tokens": [doc[i].text for i in unit], "response": resp}) + "\n")
+    if args.save_docs:
+        Path(args.save_docs).parent.mkdir(parents=True, exist_ok=True)
+        DocBin(docs=preds).to_disk(args.save_docs)
     scores = score_paper_ner(examples)
     align = summarise_alignment(preds)
     scores.update({
         "config": args.config, "overrides": overrides, "docs": len(docs), "sentences": n_sents,
         "seconds": seconds, "sentences_per_second": n_sents / seconds if seconds else 0.0,
+        "speed_words_per_second": sum(1 for d in docs for t in d if not t.is_space) / seconds if seconds else 0.0,
         "setup_seconds": build_s, "alignment": align,
     })
     print(format_table(scores))

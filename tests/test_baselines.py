@@ -1,0 +1,197 @@
+"""Supervised baselines (configs/cnn.cfg, configs/bert.cfg): train a few steps on a
+handful of RareDis documents with the same code as ``spacy train``, score them with
+the code ``python -m tokner evaluate`` runs, and round-trip the trained pipelines.
+
+The transformer path uses a tiny random BERT (2 layers, hidden 32) and a WordPiece
+tokenizer built here from the documents' words, so nothing is downloaded.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.tokens import DocBin
+
+from tokner.brat import read_brat_docs
+from tokner.cli import main as tokner_main
+from tokner.evaluation import evaluate_pipeline, load_gold_docs
+from tokner.scorer import ALL_LABELS, PAPER_LABELS
+from tokner.tokenizer import PaperTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CNN_CFG = ROOT / "configs" / "cnn.cfg"
+BERT_CFG = ROOT / "configs" / "bert.cfg"
+
+
+def _pick(brat_dir: Path, start: int, n: int, dest: Path) -> Path:
+    """Copy n mid-sized documents (deterministic: by text size, then name) to dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    txts = sorted(brat_dir.glob("*.txt"), key=lambda p: (p.stat().st_size, p.name))
+    for txt in txts[start : start + n]:
+        shutil.copy(txt, dest / txt.name)
+        shutil.copy(txt.with_suffix(".ann"), dest / txt.with_suffix(".ann").name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory, brat_train, brat_dev):
+    """train.spacy (6 docs) and dev.spacy (3 docs) built from the shared BRAT files."""
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    vocab = spacy.blank("en").vocab
+    out = {}
+    for split, src, start, n in (("train", brat_train, 40, 6), ("dev", brat_dev, 10, 3)):
+        docs, _ = read_brat_docs(_pick(src, start, n, root / "brat" / split), vocab)
+        assert len(docs) == n and any(d.ents for d in docs)
+        path = root / f"{split}.spacy"
+        DocBin(docs=docs, store_user_data=False).to_disk(path)
+        out[split] = path
+    return out
+
+
+def _train(cfg: Path, output: Path, corpus, **overrides) -> Path:
+    """Train exactly as ``python -m spacy train CFG --output OUTPUT --paths.train ...`` does."""
+    from spacy.cli.train import train
+
+    base = {
+        "paths.train": str(corpus["train"]),
+        "paths.dev": str(corpus["dev"]),
+        "training.max_steps": 6,
+        "training.eval_frequency": 3,
+        "training.logger.progress_bar": False,
+    }
+    base.update(overrides)
+    train(cfg, output, use_gpu=-1, overrides=base)
+    best = output / "model-best"
+    assert (best / "config.cfg").exists(), f"no model-best written under {output}"
+    return best
+
+
+def _ents(nlp, texts):
+    return [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in nlp.pipe(texts)]
+
+
+def _check_scores(scores):
+    for key in ("paper_avg_f", "paper_micro5_f", "paper_micro5_p", "paper_micro5_r", "ents_f"):
+        assert 0.0 <= scores[key] <= 1.0, key
+    table = scores["spans_paper_per_type"]
+    assert set(PAPER_LABELS) <= set(table)
+    assert {"AVG-5", "MICRO-5", "MICRO-ALL"} <= set(table)
+    avg = sum(table[l]["f"] for l in PAPER_LABELS) / len(PAPER_LABELS)
+    assert scores["paper_avg_f"] == pytest.approx(avg)
+    assert scores["docs"] == 3 and scores["speed_words_per_second"] > 0
+
+
+def _check_pipeline(nlp, tok2vec_name: str):
+    assert nlp.pipe_names == ["tokner_sentencizer", tok2vec_name, "ner"]
+    assert isinstance(nlp.tokenizer, PaperTokenizer)
+    labels = set(nlp.get_pipe("ner").labels)
+    assert labels and labels <= set(ALL_LABELS) and "RAREDISEASE" in labels
+    doc = nlp("Patients may have (asymptomatic), itchy skin.  A second sentence!")
+    assert [t.text for t in doc][:5] == ["Patients", "may", "have", "(", "asymptomatic"]
+    assert len(list(doc.sents)) == 2
+
+
+def test_configs_checkpoint_on_the_paper_metric():
+    for cfg in (CNN_CFG, BERT_CFG):
+        config = spacy.util.load_config(cfg, interpolate=True)
+        assert config["nlp"]["tokenizer"]["@tokenizers"] == "tokner.PaperTokenizer.v1"
+        assert config["nlp"]["pipeline"][0] == "tokner_sentencizer"
+        assert config["training"]["annotating_components"] == ["tokner_sentencizer"]
+        assert config["components"]["ner"]["scorer"]["@scorers"] == "tokner.paper_ner_scorer.v1"
+        weights = {k: v for k, v in config["training"]["score_weights"].items() if v}
+        assert set(weights) == {"paper_micro5_f", "paper_avg_f"}
+        assert config["paths"]["train"] == "corpus/train.spacy" and config["paths"]["dev"] == "corpus/dev.spacy"
+
+
+def test_bert_config_takes_hub_names_and_local_paths():
+    config = spacy.util.load_config(BERT_CFG, interpolate=True)
+    assert config["components"]["transformer"]["model"]["name"] == "assets/models/all-MiniLM-L6-v2"
+    hub = "emilyalsentzer/Bio_ClinicalBERT"
+    config = spacy.util.load_config(BERT_CFG, overrides={"paths.transformer": hub}, interpolate=True)
+    assert config["components"]["transformer"]["model"]["name"] == hub
+    # the learning-rate schedule follows max_steps overrides
+    config = spacy.util.load_config(BERT_CFG, overrides={"training.max_steps": 77}, interpolate=True)
+    assert config["training"]["optimizer"]["learn_rate"]["total_steps"] == 77
+
+
+def test_cnn_trains_evaluates_and_round_trips(tiny_corpus, tmp_path):
+    best = _train(CNN_CFG, tmp_path / "cnn", tiny_corpus)
+    nlp = spacy.load(best)
+    _check_pipeline(nlp, "tok2vec")
+
+    # the code behind `python -m tokner evaluate MODEL DATA --output metrics.json`
+    metrics = tmp_path / "metrics" / "cnn-dev.json"
+    assert tokner_main(["evaluate", str(best), str(tiny_corpus["dev"]), "--output", str(metrics)]) == 0
+    scores = json.loads(metrics.read_text())
+    _check_scores(scores)
+    gold = load_gold_docs(tiny_corpus["dev"], nlp)
+    again, _ = evaluate_pipeline(nlp, gold, progress=False)
+    assert again["paper_micro5_f"] == scores["paper_micro5_f"]
+
+    texts = [d.text for d in gold]
+    nlp.to_disk(tmp_path / "cnn-copy")
+    assert _ents(spacy.load(tmp_path / "cnn-copy"), texts) == _ents(nlp, texts)
+
+
+def test_cnn_config_learns_the_training_docs(tiny_corpus, tmp_path):
+    """Not a smoke test: 40 updates on 6 docs must fit most of their entities."""
+    best = _train(
+        CNN_CFG,
+        tmp_path / "cnn-fit",
+        tiny_corpus,
+        **{"paths.dev": str(tiny_corpus["train"]), "training.max_steps": 40, "training.eval_frequency": 20,
+           "training.dropout": 0.0, "training.batcher.size.start": 100000},
+    )
+    nlp = spacy.load(best)
+    scores, _ = evaluate_pipeline(nlp, load_gold_docs(tiny_corpus["train"], nlp), progress=False)
+    assert scores["paper_micro_f"] > 0.5, scores["spans_paper_per_type"]
+
+
+def _tiny_bert(dest: Path, corpus) -> Path:
+    """A 2-layer random BERT with a lower-cased WordPiece vocab of the corpus words."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+    vocab = spacy.blank("en").vocab
+    words = Counter()
+    for split in ("train", "dev"):
+        for doc in DocBin().from_disk(corpus[split]).get_docs(vocab):
+            words.update(t.lower_ for t in doc if not t.is_space)
+    chars = sorted({c for w in words for c in w})
+    entries = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
+    entries += [w for w, _ in words.most_common(300) if w not in entries]
+    dest.mkdir(parents=True)
+    (dest / "vocab.txt").write_text("\n".join(entries) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(dest / "vocab.txt"), do_lower_case=True, model_max_length=512).save_pretrained(dest)
+    config = BertConfig(
+        vocab_size=len(entries), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(dest)
+    return dest
+
+
+def test_bert_trains_evaluates_and_round_trips_without_its_source(tiny_corpus, tmp_path):
+    pytest.importorskip("spacy_transformers")
+    encoder = _tiny_bert(tmp_path / "tiny-bert", tiny_corpus)
+    best = _train(BERT_CFG, tmp_path / "bert", tiny_corpus, **{"paths.transformer": str(encoder),
+                                                              "training.optimizer.learn_rate.warmup_steps": 2})
+    # the trained pipeline carries the encoder's weights, config and tokenizer
+    shutil.rmtree(encoder)
+    nlp = spacy.load(best)
+    _check_pipeline(nlp, "transformer")
+
+    metrics = tmp_path / "metrics" / "bert-dev.json"
+    assert tokner_main(["evaluate", str(best), str(tiny_corpus["dev"]), "--output", str(metrics)]) == 0
+    _check_scores(json.loads(metrics.read_text()))
+
+    texts = [d.text for d in load_gold_docs(tiny_corpus["dev"], nlp)]
+    doc = next(nlp.pipe(texts[:1]))
+    assert doc._.trf_data is not None
+    nlp.to_disk(tmp_path / "bert-copy")
+    assert _ents(spacy.load(tmp_path / "bert-copy"), texts) == _ents(nlp, texts)
