@@ -8,6 +8,7 @@ from .tokenizer import PaperTokenizer, create_paper_tokenizer, make_doc  # noqa:
 from .sentencizer import PaperSentencizer  # noqa: F401
 from .scorer import PAPER_LABELS, ALL_LABELS, score_paper_ner  # noqa: F401
 from . import readers  # noqa: F401
+from . import lora  # noqa: F401  (registers tokner_lora_ner; torch/peft load only with a model)
 
 import importlib.util as _ilu
 

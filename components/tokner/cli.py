@@ -56,10 +56,20 @@ def _cmd_evaluate(args) -> int:
 
     if args.gpu_id >= 0:
         spacy.require_gpu(args.gpu_id)
-    nlp = spacy.load(args.model)
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    nlp = spacy.load(args.model, config=overrides)
     gold = load_gold_docs(Path(args.data), nlp)
     scores, examples = evaluate_pipeline(nlp, gold, batch_size=args.batch_size, limit=args.limit)
     scores["model"] = str(args.model)
+    scores["overrides"] = overrides
     scores["data"] = str(args.data)
     print(format_table(scores))
     if args.save_docs:
@@ -71,6 +81,17 @@ def _cmd_evaluate(args) -> int:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(scores, indent=2) + "\n")
+    if args.test:
+        if not Path(args.test).exists():
+            print(f"no test split at {args.test}: test evaluation skipped")
+        else:
+            test_scores, _ = evaluate_pipeline(nlp, load_gold_docs(Path(args.test), nlp), batch_size=args.batch_size)
+            test_scores.update({"model": str(args.model), "data": str(args.test)})
+            print(f"== test split ({args.test})")
+            print(format_table(test_scores))
+            if args.test_output:
+                Path(args.test_output).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.test_output).write_text(json.dumps(test_scores, indent=2) + "\n")
     return 0
 
 
@@ -161,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gpu-id", type=int, default=-1)
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--limit", type=int, default=0, help="only the first N documents")
+    e.add_argument("--set", action="append", help="config override for the loaded pipeline, e.g. components.tokner_lora_ner.decoding=free")
+    e.add_argument("--test", help="also evaluate on this test split when it exists (skipped with a note otherwise)")
+    e.add_argument("--test-output", help="metrics JSON for --test")
     e.add_argument("--save-docs", help="also write the predicted Docs as a DocBin (for `compare`'s displaCy pages)")
     e.set_defaults(func=_cmd_evaluate)
 

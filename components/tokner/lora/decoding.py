@@ -1,0 +1,262 @@
+"""Decoding a tuned causal LM into one BIO tag per token.
+
+Constrained decoding (the default): the decoder writes every ``word :`` piece
+itself and lets the model choose only among the label strings, walking a trie of
+the labels' token ids. Token runs that the labels share (``" B"`` ``"-"`` ...) or
+that the input fixes (``"\\n" word " :"``) cost no decision: they are appended to the
+next model call, so each call feeds a short chunk through the KV cache and ends at
+the next branching point. Sentences are batched (left-padded chunks, explicit
+position ids, finished rows dropped from the cache). The output is always one
+valid tag per word, with its probability under the constrained distribution.
+
+Free generation (the paper's setting): greedy ``generate`` of the whole answer,
+parsed and aligned to the words by :func:`tokner.align.align_answer`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .prompt import PromptCodec, TrieNode, allowed_tags
+
+
+@dataclass
+class DecodeStats:
+    sentences: int = 0
+    words: int = 0
+    model_calls: int = 0  # forward passes (each over a whole batch)
+    decisions: int = 0  # per-row branching decisions
+    fed_tokens: int = 0  # real (non-pad) tokens fed
+    well_formed: int = 0  # free generation: answers that aligned fully
+    answers: List[str] = field(default_factory=list)
+
+    def merge(self, other: "DecodeStats") -> None:
+        for k in ("sentences", "words", "model_calls", "decisions", "fed_tokens", "well_formed"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.answers.extend(other.answers)
+
+    def to_dict(self) -> Dict[str, float]:
+        d = {k: getattr(self, k) for k in ("sentences", "words", "model_calls", "decisions", "fed_tokens", "well_formed")}
+        d["decisions_per_word"] = self.decisions / self.words if self.words else 0.0
+        return d
+
+
+class _Row:
+    __slots__ = ("words", "i", "node", "prev", "allowed", "pending", "tags", "probs", "prob", "pos", "choices", "done")
+
+    def __init__(self, words: Sequence[str]):
+        self.words = list(words)
+        self.i = 0
+        self.prev = "O"
+        self.tags: List[str] = []
+        self.probs: List[float] = []
+        self.prob = 1.0
+        self.pos = 0
+        self.choices: List[Tuple[int, TrieNode]] = []
+        self.done = False
+
+
+def _advance(row: _Row, codec: PromptCodec, bio: bool) -> None:
+    """Follow forced trie edges (and finished labels) until a branching point or the end."""
+    while True:
+        node = row.node
+        if node.tag is not None:
+            row.tags.append(node.tag)
+            row.probs.append(row.prob)
+            row.prev = node.tag
+            row.i += 1
+            if row.i == len(row.words):
+                row.done = True
+                return
+            row.pending += codec.word_ids(row.words[row.i], False)
+            row.node = codec.trie
+            row.prob = 1.0
+            row.allowed = set(allowed_tags(codec.tags, row.prev, bio))
+            continue
+        kids = [(tid, child) for tid, child in node.children.items() if any(t in row.allowed for t in child.tags)]
+        if len(kids) == 1:
+            row.pending.append(kids[0][0])
+            row.node = kids[0][1]
+            continue
+        row.choices = kids
+        return
+
+
+def head_cache(model, codec: PromptCodec):
+    """Key/value tensors (one row) of the instruction part that every prompt starts with."""
+    import torch
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([codec.head_ids()], device=device), past_key_values=DynamicCache(),
+                    use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    return [(cache.key_cache[i], cache.value_cache[i]) for i in range(len(cache))]
+
+
+def constrained_decode_batch(model, codec: PromptCodec, sentences: Sequence[Sequence[str]], bio: bool = True,
+                             head_kv=None):
+    """Tags and per-word tag probabilities for a batch of word lists (all non-empty).
+
+    ``head_kv`` (from :func:`head_cache`) starts every row from the cached instruction
+    instead of feeding it again; the results are the same.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    stats = DecodeStats(sentences=len(sentences), words=sum(len(s) for s in sentences))
+    rows = []
+    n_head = len(codec.head_ids()) if head_kv is not None else 0
+    for words in sentences:
+        if not words:
+            raise ValueError("constrained decoding got an empty sentence")
+        row = _Row(words)
+        row.node = codec.trie
+        prompt = codec.body_ids(words) if head_kv is not None else codec.prompt_ids(words)
+        row.pending = prompt + codec.word_ids(words[0], True)
+        row.pos = n_head
+        row.allowed = set(allowed_tags(codec.tags, "O", bio))
+        _advance(row, codec, bio)
+        rows.append(row)
+    device = next(model.parameters()).device
+    active = [r for r in rows if not r.done]
+    cache = DynamicCache()
+    mask: Optional["torch.Tensor"] = None
+    if head_kv is not None and active:
+        for layer, (k, v) in enumerate(head_kv):
+            cache.update(k.expand(len(active), -1, -1, -1).contiguous(), v.expand(len(active), -1, -1, -1).contiguous(), layer)
+        mask = torch.ones((len(active), n_head), dtype=torch.long)
+    with torch.inference_mode():
+        while active:
+            width = max(len(r.pending) for r in active)
+            n = len(active)
+            ids = torch.full((n, width), codec.pad_id, dtype=torch.long)
+            chunk_mask = torch.zeros((n, width), dtype=torch.long)
+            pos = torch.zeros((n, width), dtype=torch.long)
+            for b, r in enumerate(active):
+                k = len(r.pending)
+                ids[b, width - k:] = torch.tensor(r.pending, dtype=torch.long)
+                chunk_mask[b, width - k:] = 1
+                pos[b, :] = r.pos  # pads: any position, they are masked out as keys
+                pos[b, width - k:] = torch.arange(r.pos, r.pos + k)
+                r.pos += k
+                stats.fed_tokens += k
+            full_mask = chunk_mask if mask is None else torch.cat([mask, chunk_mask], dim=1)
+            out = model(
+                input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device),
+                past_key_values=cache, use_cache=True, logits_to_keep=1,
+            )
+            stats.model_calls += 1
+            cache = out.past_key_values
+            last = out.logits[:, -1, :].float().cpu()
+            for b, r in enumerate(active):
+                tids = [tid for tid, _ in r.choices]
+                p = torch.softmax(last[b, tids], dim=-1)
+                if not torch.isfinite(p).all():  # degenerate weights: fall back to the first choice
+                    k = 0
+                    pk = 1.0 / len(tids)
+                else:
+                    k = int(torch.argmax(p))
+                    pk = float(p[k])
+                stats.decisions += 1
+                tid, child = r.choices[k]
+                r.prob *= pk
+                r.pending = [tid]
+                r.node = child
+                _advance(r, codec, bio)
+            keep = [b for b, r in enumerate(active) if not r.done]
+            if len(keep) < n and keep:
+                index = torch.tensor(keep, dtype=torch.long, device=device)
+                cache.batch_select_indices(index)
+                full_mask = full_mask[keep]
+            active = [active[b] for b in keep]
+            mask = full_mask
+    return [(r.tags, r.probs) for r in rows], stats
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> List[List[int]]:
+    """Indices grouped into batches of similar length (longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def constrained_decode(model, codec: PromptCodec, sentences: Sequence[Sequence[str]], batch_size: int = 16,
+                       bio: bool = True, progress: bool = False, share_head: bool = True):
+    """:func:`constrained_decode_batch` over length-sorted batches, results in input order."""
+    from tqdm import tqdm
+
+    results: List[Optional[Tuple[List[str], List[float]]]] = [None] * len(sentences)
+    stats = DecodeStats()
+    todo = [i for i, s in enumerate(sentences) if len(s)]
+    for i, s in enumerate(sentences):
+        if not len(s):
+            results[i] = ([], [])
+    batches = length_batches([len(sentences[i]) for i in todo], batch_size)
+    head_kv = head_cache(model, codec) if share_head and batches else None
+    for batch in tqdm(batches, desc="constrained decoding", unit="batch", disable=not progress):
+        idx = [todo[j] for j in batch]
+        out, st = constrained_decode_batch(model, codec, [sentences[i] for i in idx], bio=bio, head_kv=head_kv)
+        stats.merge(st)
+        for i, o in zip(idx, out):
+            results[i] = o
+    return results, stats
+
+
+def answer_token_budget(codec: PromptCodec, words: Sequence[str], factor: float = 1.25) -> int:
+    """max_new_tokens for free generation: the longest possible answer times ``factor``."""
+    longest = max(len(ids) for ids in codec.tag_ids.values())
+    n = sum(len(codec.word_ids(w, i == 0)) + longest for i, w in enumerate(words)) + 1
+    return int(math.ceil(n * factor))
+
+
+def free_generate(model, codec: PromptCodec, sentences: Sequence[Sequence[str]], batch_size: int = 8,
+                  max_new_tokens_factor: float = 1.25, progress: bool = False):
+    """Greedy answers (strings), parsed by :func:`tokner.align.align_answer`.
+
+    Returns ([(tags, probs)], stats); ``probs`` are 1.0 (free generation keeps no
+    label distribution) and ``stats.well_formed`` counts fully aligned answers.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from ..align import align_answer
+
+    results: List[Optional[Tuple[List[str], List[float]]]] = [None] * len(sentences)
+    answers: List[str] = [""] * len(sentences)
+    stats = DecodeStats(sentences=len(sentences), words=sum(len(s) for s in sentences))
+    todo = [i for i, s in enumerate(sentences) if len(s)]
+    for i, s in enumerate(sentences):
+        if not len(s):
+            results[i] = ([], [])
+    device = next(model.parameters()).device
+    for batch in tqdm(length_batches([len(sentences[i]) for i in todo], batch_size), desc="free generation",
+                      unit="batch", disable=not progress):
+        idx = [todo[j] for j in batch]
+        prompts = [codec.prompt_ids(sentences[i]) for i in idx]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(idx), width), codec.pad_id, dtype=torch.long)
+        att = torch.zeros((len(idx), width), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, width - len(p):] = torch.tensor(p)
+            att[b, width - len(p):] = 1
+        budget = max(answer_token_budget(codec, sentences[i], max_new_tokens_factor) for i in idx)
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=att.to(device), max_new_tokens=budget, do_sample=False,
+                eos_token_id=codec.eos_id, pad_token_id=codec.pad_id, num_beams=1,
+            )
+        stats.model_calls += int(out.shape[1] - width)
+        for b, i in enumerate(idx):
+            gen = out[b, width:].tolist()
+            if codec.eos_id in gen:
+                gen = gen[: gen.index(codec.eos_id)]
+            stats.fed_tokens += len(gen)
+            text = codec.tokenizer.decode(gen, skip_special_tokens=True)
+            answers[i] = text
+            tags, align_stats = align_answer(list(sentences[i]), text, labels=codec.labels)
+            stats.well_formed += bool(getattr(align_stats, "fully_aligned", False))
+            results[i] = (list(tags), [1.0] * len(tags))
+    stats.answers = answers
+    return results, stats

@@ -1,0 +1,166 @@
+"""LoRA component: real training code on a tiny random llama, save, spacy.load, predict."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+import spacy  # noqa: E402
+from spacy.tokens import DocBin  # noqa: E402
+
+from tokner.tags import doc_tags  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models on a shared CPU: one thread avoids spin-wait contention (10x faster here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+SMOL = ROOT / "assets" / "models" / "SmolLM2-135M-Instruct"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+TEXTS = [
+    ("Alport syndrome causes hearing loss. Patients may have fever.", [("Alport syndrome", "RAREDISEASE"), ("hearing loss", "SIGN"), ("fever", "SYMPTOM")]),
+    ("Diabetes is common. Pain and fatigue occur in it.", [("Diabetes", "DISEASE"), ("Pain", "SYMPTOM"), ("fatigue", "SYMPTOM"), ("it", "ANAPHOR")]),
+    ("Epidermolysis bullosa affects the skin.\n\nBlisters appear early.", [("Epidermolysis bullosa", "SKINRAREDISEASE"), ("Blisters", "SIGN")]),
+]
+
+
+def make_tiny_llama(dest: Path) -> Path:
+    if not (SMOL / "tokenizer.json").exists():
+        pytest.skip(f"tokenizer files not found in {SMOL} (python -m tokner.offline smollm2 {SMOL})")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in TOKENIZER_FILES:
+        if (SMOL / f).exists():
+            shutil.copy(SMOL / f, dest / f)
+    tok = AutoTokenizer.from_pretrained(dest)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(dest)
+    return dest
+
+
+def make_docbin(path: Path, nlp) -> Path:
+    db = DocBin(store_user_data=True)
+    for text, ents in TEXTS:
+        doc = nlp(text)
+        spans = []
+        for surface, label in ents:
+            start = text.index(surface)
+            spans.append(doc.char_span(start, start + len(surface), label=label))
+        doc.ents = spans
+        db.add(doc)
+    db.to_disk(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from tokner.lora.train import train
+
+    tmp = tmp_path_factory.mktemp("lora")
+    base = make_tiny_llama(tmp / "tiny-llama")
+    nlp = spacy.blank("en", config={"nlp": {"tokenizer": {"@tokenizers": "tokner.PaperTokenizer.v1"}}})
+    nlp.add_pipe("tokner_sentencizer")
+    data = make_docbin(tmp / "train.spacy", nlp)
+    overrides = {
+        "paths.train": str(data), "paths.dev": str(data), "paths.base_model": str(base),
+        "lora.max_steps": 2, "lora.max_minutes": 0, "lora.batch_size": 2, "lora.eval_every": 1,
+        "lora.save_every": 1, "lora.eval_docs": 2, "lora.r": 4, "lora.alpha": 8,
+        "components.tokner_lora_ner.device": "cpu", "components.tokner_lora_ner.batch_size": 4,
+    }
+    out = tmp / "out"
+    summary = train(ROOT / "configs" / "lora.cfg", out, overrides, progress=False)
+    return out, summary, base
+
+
+def test_training_writes_checkpoints_and_pipelines(trained):
+    out, summary, _ = trained
+    assert summary["steps"] == 2 and summary["stop_reason"] == "max_steps"
+    assert summary["train_sentences"] == 6
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+    for sub in ("checkpoints/last", "checkpoints/best", "model-best/tokner_lora_ner", "model-last/tokner_lora_ner"):
+        assert (out / sub / "adapter_config.json").exists(), sub
+        assert (out / sub / "adapter_model.safetensors").exists(), sub
+    assert (out / "checkpoints" / "last" / "trainer_state.pt").exists()
+    # the adapter folder is peft's own format
+    from peft import PeftConfig
+
+    assert PeftConfig.from_pretrained(str(out / "model-best" / "tokner_lora_ner")).r == 4
+
+
+def test_load_predict_and_reload_identical(trained, tmp_path):
+    out, _, _ = trained
+    nlp = spacy.load(out / "model-best")
+    assert not hasattr(nlp.get_pipe("tokner_lora_ner"), "model")  # spaCy's hasattr probes must stay cheap
+    assert nlp.pipe_names == ["tokner_sentencizer", "tokner_lora_ner"]
+    texts = [t for t, _ in TEXTS] + ["Short one."]
+    docs = list(nlp.pipe(texts))
+    for doc in docs:
+        tags = doc_tags(doc)
+        assert len(tags) == len(doc)
+        assert all(not t.is_space or tag == "O" for t, tag in zip(doc, tags))
+        group = doc.spans["lora"]
+        assert len(group) == len(doc.ents)
+        assert all(0.0 < s <= 1.0 for s in group.attrs["scores"])
+        for ent in doc.ents:  # exact offsets
+            assert doc.text[ent.start_char:ent.end_char] == ent.text
+    nlp.to_disk(tmp_path / "again")
+    nlp2 = spacy.load(tmp_path / "again")
+    docs2 = list(nlp2.pipe(texts))
+    for a, b in zip(docs, docs2):
+        assert [(e.start_char, e.end_char, e.label_) for e in a.ents] == [(e.start_char, e.end_char, e.label_) for e in b.ents]
+        assert a.spans["lora"].attrs["scores"] == pytest.approx(b.spans["lora"].attrs["scores"], rel=1e-4)
+
+
+def test_merged_and_unmerged_agree(trained):
+    out, _, _ = trained
+    merged = spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"merge_adapter": True}}})
+    plain = spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"merge_adapter": False}}})
+    assert type(merged.get_pipe("tokner_lora_ner").lm).__name__ == "LlamaForCausalLM"
+    assert type(plain.get_pipe("tokner_lora_ner").lm).__name__ != "LlamaForCausalLM"
+    text = TEXTS[0][0] + " " + TEXTS[1][0]
+    a, b = merged(text), plain(text)
+    assert [(e.start, e.end, e.label_) for e in a.ents] == [(e.start, e.end, e.label_) for e in b.ents]
+
+
+def test_resume_continues_from_last_checkpoint(trained, tmp_path):
+    from tokner.lora.train import train
+
+    out, _, base = trained
+    work = tmp_path / "resume"
+    shutil.copytree(out, work)
+    overrides = {
+        "paths.train": str(out.parent / "train.spacy"), "paths.dev": str(out.parent / "train.spacy"),
+        "paths.base_model": str(base), "lora.max_steps": 3, "lora.max_minutes": 0, "lora.batch_size": 2,
+        "lora.eval_every": 0, "lora.eval_docs": 2, "lora.r": 4, "lora.alpha": 8,
+        "components.tokner_lora_ner.device": "cpu",
+    }
+    summary = train(ROOT / "configs" / "lora.cfg", work, overrides, resume=True, progress=False)
+    assert summary["steps"] == 3  # two restored + one new
+
+
+def test_free_generation_path_runs(trained):
+    pytest.importorskip("tokner.align")
+    out, _, _ = trained
+    nlp = spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"decoding": "free",
+                                                                                    "max_new_tokens_factor": 0.5}}})
+    doc = nlp(TEXTS[0][0])
+    for ent in doc.ents:
+        assert doc.text[ent.start_char:ent.end_char] == ent.text
+    stats = nlp.get_pipe("tokner_lora_ner").last_stats
+    assert stats.sentences == 2 and len(stats.answers) == 2

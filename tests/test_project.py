@@ -1,0 +1,70 @@
+"""project.yml is valid, its workflows name real commands, and the `paper` preset's
+configs validate (they cannot run here: GPU, hub models and an API key)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import srsly
+
+from tokner.workflow import expand_vars_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_project_yml_is_valid_and_complete():
+    from weasel.util import load_project_config
+
+    cfg = load_project_config(ROOT, overrides={"vars.raredis_dir": "x"})
+    names = {c["name"] for c in cfg["commands"]}
+    for wf, steps in cfg["workflows"].items():
+        assert set(steps) <= names, (wf, set(steps) - names)
+    assert {"all", "paper"} <= set(cfg["workflows"])
+    # every command's config dep exists in the repository
+    for c in cfg["commands"]:
+        for dep in c.get("deps", []):
+            if dep.startswith("configs/"):
+                assert (ROOT / dep).is_file(), dep
+
+
+def test_paper_vars_file_only_sets_known_vars():
+    args = expand_vars_file(["--vars-file", str(ROOT / "configs" / "paper.vars.yml")], project_dir=ROOT)
+    pairs = dict(zip(args[::2], args[1::2]))
+    assert pairs["--vars.transformer"] == "emilyalsentzer/Bio_ClinicalBERT"
+    assert pairs["--vars.lora_config"] == "configs/lora_paper.cfg"
+    bad = ROOT / "tests" / "_bad_vars.yml"
+    try:
+        bad.write_text("no_such_var: 1\n")
+        with pytest.raises(SystemExit, match="unknown project vars"):
+            expand_vars_file(["--vars-file", str(bad)], project_dir=ROOT)
+    finally:
+        bad.unlink()
+
+
+def _debug_config(path, *overrides):
+    out = subprocess.run([sys.executable, "-m", "spacy", "debug", "config", str(path), *overrides],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and "✘" not in out.stdout, out.stdout + out.stderr
+
+
+def test_paper_supervised_configs_validate():
+    _debug_config("configs/bert.cfg", "--paths.transformer", "emilyalsentzer/Bio_ClinicalBERT", "--training.max_steps", "20000")
+    _debug_config("configs/cnn.cfg", "--training.max_steps", "20000")
+
+
+@pytest.mark.parametrize("name", ["llm_zero_openai", "llm_few_openai", "llm_rag_openai"])
+def test_paper_llm_configs_validate(name, tmp_path):
+    filled = tmp_path / f"{name}.cfg"
+    out = subprocess.run([sys.executable, "-m", "spacy", "init", "fill-config", f"configs/{name}.cfg", str(filled)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    _debug_config(filled, "--paths.llm_model", "gpt-4", "--paths.train", "corpus/train.spacy", "--paths.dev", "corpus/dev.spacy")
+
+
+def test_paper_lora_config_validates():
+    from tokner.lora.train import load_training_config
+
+    nlp, resolved, settings = load_training_config(ROOT / "configs" / "lora_paper.cfg",
+                                                   {"paths.base_model": "nlpie/Llama2-MedTuned-7b"})
+    assert settings["r"] == 64 and settings["alpha"] == 256 and settings["learning_rate"] == 2e-4
+    assert "tokner_lora_ner" in nlp.pipe_names
