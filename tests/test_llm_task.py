@@ -148,10 +148,13 @@ def _perturb_prefix(lines, rng):
 
 
 @pytest.fixture(scope="module")
-def dev_docs():
-    if not DEV.exists():
-        pytest.skip("corpus/dev.spacy not built (python -m tokner convert ../shared/raredis corpus)")
-    return list(DocBin().from_disk(DEV).get_docs(spacy.blank("en").vocab))
+def dev_docs(brat_dev):
+    """The dev split as the corpus command builds it (from the DocBin when it exists)."""
+    if DEV.exists():
+        return list(DocBin().from_disk(DEV).get_docs(spacy.blank("en").vocab))
+    from tokner.brat import read_brat_docs
+
+    return read_brat_docs(brat_dev, spacy.blank("en").vocab)[0]
 
 
 def _run_on_gold_tokens(nlp, docs):
