@@ -58,7 +58,8 @@ def test_paper_llm_configs_validate(name, tmp_path):
     out = subprocess.run([sys.executable, "-m", "spacy", "init", "fill-config", f"configs/{name}.cfg", str(filled)],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    _debug_config(filled, "--paths.llm_model", "gpt-4", "--paths.train", "corpus/train.spacy", "--paths.dev", "corpus/dev.spacy")
+    _debug_config(filled, "--paths.llm_model", "gpt-4", "--paths.train", "corpus/train.spacy", "--paths.dev", "corpus/dev.spacy",
+                  "--paths.cache", str(tmp_path / "cache"))
 
 
 def test_paper_lora_config_validates():
