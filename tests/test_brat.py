@@ -1,5 +1,4 @@
 import csv
-import json
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -9,7 +8,6 @@ from spacy.tokens import DocBin
 
 from tokner.brat import (
     BratFormatError,
-    brat_to_doc,
     entities_from_spans,
     iter_brat_dir,
     paper_tags,

@@ -8,7 +8,7 @@ from seqeval.metrics import f1_score
 from spacy.tokens import DocBin
 
 from tokner.cli import main
-from tokner.iob import read_iob_docs, read_iob_rows, write_iob_csv
+from tokner.iob import read_iob_docs, write_iob_csv
 from tokner.paper_format import render_answer, render_blocks, split_blocks
 
 

@@ -1,7 +1,6 @@
 """The shipped llm configs assemble (replay for real; the others with the model swapped)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import srsly
 
 from tokner.workflow import expand_vars_file
 

@@ -1,5 +1,4 @@
 import spacy
-from spacy.tokens import Doc
 
 from tokner.tokenizer import PaperTokenizer, make_doc, paper_token_spans
 

@@ -24,7 +24,7 @@ import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab
@@ -262,7 +262,6 @@ def brat_to_doc(vocab: Vocab, bdoc: BratDocument, spans_key: str = SPANS_KEY) ->
     ents = {(e.start_char, e.end_char, e.label_) for e in doc.ents}
     first = {(ent.fragments[0][0], ent.fragments[0][1], ent.label) for ent in bdoc.entities}
     for ent in bdoc.entities:
-        full = (ent.start, ent.end, ent.label)
         key = (ent.fragments[0][0], ent.fragments[0][1], ent.label)
         if len(ent.fragments) > 1:
             stats["ents_discontinuous_first_fragment"] += key in ents

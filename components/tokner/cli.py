@@ -110,7 +110,6 @@ def _cmd_score_outputs(args) -> int:
 def _cmd_write_outputs(args) -> int:
     """Write Docs' entities (a DocBin's gold, or a pipeline's predictions) as answers."""
     import spacy
-    from spacy.tokens import DocBin
 
     from .evaluation import load_gold_docs
     from .paper_format import render_answer, render_blocks

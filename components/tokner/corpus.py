@@ -7,11 +7,10 @@ entities in ``doc.spans["raredis"]``.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import spacy
 from spacy.tokens import DocBin

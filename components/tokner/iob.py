@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
 from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab

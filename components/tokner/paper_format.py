@@ -9,7 +9,7 @@ based reading (``rd_ner_eval.py``) is :func:`paper_position_tags`.
 from __future__ import annotations
 
 import re
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Sequence
 
 BLOCK_SEP = "######"
 SEP = " : "

@@ -7,7 +7,7 @@ IOB CSV. Both yield ``Example(nlp.make_doc(text), gold_doc)``, as spaCy's own
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 from spacy.language import Language
 from spacy.tokens import Doc

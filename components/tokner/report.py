@@ -50,7 +50,7 @@ def markdown_table(metrics: Dict[str, Dict], split: str = "dev") -> str:
         lines.append("| " + " | ".join(cells) + " |")
     for name, f in PUBLISHED:
         lines.append("| " + " | ".join([f"*{name}*"] + ["–"] * len(types) + [f"*{f:.3f}*", "–", "–", "–"]) + " |")
-    lines.append("| " + " | ".join([f"*human agreement (Martínez-deMiguel et al. 2022)*"] + ["–"] * len(types) + [f"*{HUMAN_AGREEMENT_F1:.3f}*", "–", "–", "–"]) + " |")
+    lines.append("| " + " | ".join(["*human agreement (Martínez-deMiguel et al. 2022)*"] + ["–"] * len(types) + [f"*{HUMAN_AGREEMENT_F1:.3f}*", "–", "–", "–"]) + " |")
     return "\n".join(lines)
 
 

@@ -25,7 +25,6 @@ from spacy.scorer import PRFScore, Scorer
 from spacy.tokens import Doc
 from spacy.training import Example
 
-from .tags import doc_tags, spans_from_tags
 
 PAPER_LABELS: Tuple[str, ...] = ("DISEASE", "RAREDISEASE", "SKINRAREDISEASE", "SIGN", "SYMPTOM")
 ALL_LABELS: Tuple[str, ...] = PAPER_LABELS + ("ANAPHOR",)
