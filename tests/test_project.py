@@ -1,5 +1,6 @@
 """project.yml is valid, its workflows name real commands, and the `paper` preset's
 configs validate (they cannot run here: GPU, hub models and an API key)."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,12 +54,19 @@ def test_paper_supervised_configs_validate():
 
 @pytest.mark.parametrize("name", ["llm_zero_openai", "llm_few_openai", "llm_rag_openai"])
 def test_paper_llm_configs_validate(name, tmp_path):
-    filled = tmp_path / f"{name}.cfg"
-    out = subprocess.run([sys.executable, "-m", "spacy", "init", "fill-config", f"configs/{name}.cfg", str(filled)],
+    # fill-config builds the pipeline: keep its cache and knowledge folder in tmp
+    knowledge = tmp_path / "knowledge"
+    knowledge.mkdir()
+    (knowledge / "doc.txt").write_text("Alport syndrome is a rare disease. It causes hearing loss.")
+    text = (ROOT / "configs" / f"{name}.cfg").read_text()
+    text = re.sub(r'(?m)^cache = .*$', f'cache = "{tmp_path / "cache"}"', text)
+    text = re.sub(r'(?m)^knowledge = .*$', f'knowledge = "{knowledge}"', text)
+    src, filled = tmp_path / f"src_{name}.cfg", tmp_path / f"{name}.cfg"
+    src.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "spacy", "init", "fill-config", str(src), str(filled)],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    _debug_config(filled, "--paths.llm_model", "gpt-4", "--paths.train", "corpus/train.spacy", "--paths.dev", "corpus/dev.spacy",
-                  "--paths.cache", str(tmp_path / "cache"))
+    _debug_config(filled, "--paths.llm_model", "gpt-4", "--paths.train", "corpus/train.spacy", "--paths.dev", "corpus/dev.spacy")
 
 
 def test_paper_lora_config_validates():

@@ -32,6 +32,24 @@ def _cmd_unpack(args) -> int:
     return 0
 
 
+def _cmd_export_texts(args) -> int:
+    """One .txt per Doc of a DocBin (e.g. the train split as RAG knowledge passages)."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for i, doc in enumerate(DocBin().from_disk(args.docbin).get_docs(spacy.blank("en").vocab)):
+        name = Path(str(doc.user_data.get("source", f"doc{i:05d}.txt"))).name
+        if not name.endswith(".txt"):
+            name += ".txt"
+        (out / name).write_text(doc.text, encoding="utf-8")
+        n += 1
+    print(f"{n} texts written to {out}")
+    return 0
+
+
 def _cmd_stats(args) -> int:
     from .corpus import corpus_stats
 
@@ -168,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("raredis_dir")
     u.add_argument("--no-verify", action="store_true", help="skip the content fingerprint check")
     u.set_defaults(func=_cmd_unpack)
+
+    x = sub.add_parser("export-texts", help="write each Doc's text of a DocBin as NAME.txt (RAG knowledge folder)")
+    x.add_argument("docbin")
+    x.add_argument("output_dir")
+    x.set_defaults(func=_cmd_export_texts)
 
     s = sub.add_parser("stats", help="entity counts per type of DocBins")
     s.add_argument("docbins", nargs="+")
