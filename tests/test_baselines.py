@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,20 +20,11 @@ from tokner.cli import main as tokner_main
 from tokner.evaluation import evaluate_pipeline, load_gold_docs
 from tokner.scorer import ALL_LABELS, PAPER_LABELS
 from tokner.tokenizer import PaperTokenizer
+from tiny_models import make_tiny_bert, pick_brat
 
 ROOT = Path(__file__).resolve().parents[1]
 CNN_CFG = ROOT / "configs" / "cnn.cfg"
 BERT_CFG = ROOT / "configs" / "bert.cfg"
-
-
-def _pick(brat_dir: Path, start: int, n: int, dest: Path) -> Path:
-    """Copy n mid-sized documents (deterministic: by text size, then name) to dest."""
-    dest.mkdir(parents=True, exist_ok=True)
-    txts = sorted(brat_dir.glob("*.txt"), key=lambda p: (p.stat().st_size, p.name))
-    for txt in txts[start : start + n]:
-        shutil.copy(txt, dest / txt.name)
-        shutil.copy(txt.with_suffix(".ann"), dest / txt.with_suffix(".ann").name)
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +34,7 @@ def tiny_corpus(tmp_path_factory, brat_train, brat_dev):
     vocab = spacy.blank("en").vocab
     out = {}
     for split, src, start, n in (("train", brat_train, 40, 6), ("dev", brat_dev, 10, 3)):
-        docs, _ = read_brat_docs(_pick(src, start, n, root / "brat" / split), vocab)
+        docs, _ = read_brat_docs(pick_brat(src, start, n, root / "brat" / split), vocab)
         assert len(docs) == n and any(d.ents for d in docs)
         path = root / f"{split}.spacy"
         DocBin(docs=docs, store_user_data=False).to_disk(path)
@@ -152,28 +142,9 @@ def test_cnn_config_learns_the_training_docs(tiny_corpus, tmp_path):
 
 
 def _tiny_bert(dest: Path, corpus) -> Path:
-    """A 2-layer random BERT with a lower-cased WordPiece vocab of the corpus words."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    torch.manual_seed(0)
     vocab = spacy.blank("en").vocab
-    words = Counter()
-    for split in ("train", "dev"):
-        for doc in DocBin().from_disk(corpus[split]).get_docs(vocab):
-            words.update(t.lower_ for t in doc if not t.is_space)
-    chars = sorted({c for w in words for c in w})
-    entries = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
-    entries += [w for w, _ in words.most_common(300) if w not in entries]
-    dest.mkdir(parents=True)
-    (dest / "vocab.txt").write_text("\n".join(entries) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(dest / "vocab.txt"), do_lower_case=True, model_max_length=512).save_pretrained(dest)
-    config = BertConfig(
-        vocab_size=len(entries), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512,
-    )
-    BertModel(config).save_pretrained(dest)
-    return dest
+    words = [t.text for split in ("train", "dev") for doc in DocBin().from_disk(corpus[split]).get_docs(vocab) for t in doc]
+    return make_tiny_bert(dest, words)
 
 
 def test_bert_trains_evaluates_and_round_trips_without_its_source(tiny_corpus, tmp_path):

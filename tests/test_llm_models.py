@@ -2,7 +2,6 @@
 the OpenAI-compatible client against a fake server."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,35 +17,14 @@ from tokner.llm import DenseIndex  # noqa: E402
 from tokner.llm.models import make_hf_causal_lm, make_openai_compatible  # noqa: E402
 from tokner.llm.task import make_token_ner_task  # noqa: E402
 from tokner.tags import is_valid_tag  # noqa: E402
+from tiny_models import MINILM, copy_tokenizer, make_tiny_llama  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOL = ROOT / "assets" / "models" / "SmolLM2-135M-Instruct"
-MINILM = ROOT / "assets" / "models" / "all-MiniLM-L6-v2"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "vocab.txt")
-
-
-def _copy_tokenizer(src: Path, dest: Path) -> None:
-    if not src.is_dir():
-        pytest.skip(f"{src} not materialised (python -m tokner.offline ...)")
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (src / name).exists():
-            shutil.copy(src / name, dest / name)
 
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny_llama")
-    _copy_tokenizer(SMOL, path)
-    tok = transformers.AutoTokenizer.from_pretrained(path)
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                   pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), hidden=32)
 
 
 def test_hf_model_end_to_end(tiny_llama, tmp_path):
@@ -87,7 +65,7 @@ def test_hf_budget_scales_with_sentence_length(tiny_llama):
 
 
 def test_dense_index_neighbours(tmp_path):
-    _copy_tokenizer(MINILM, tmp_path / "enc")
+    copy_tokenizer(MINILM, tmp_path / "enc")
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "enc")
     cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=64)

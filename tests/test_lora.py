@@ -13,44 +13,16 @@ import spacy  # noqa: E402
 from spacy.tokens import DocBin  # noqa: E402
 
 from tokner.tags import doc_tags  # noqa: E402
+from tiny_models import make_tiny_llama  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared CPU: one thread avoids spin-wait contention (10x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-SMOL = ROOT / "assets" / "models" / "SmolLM2-135M-Instruct"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TORCH_THREADS = 1  # conftest: one torch thread for this module
 
 TEXTS = [
     ("Alport syndrome causes hearing loss. Patients may have fever.", [("Alport syndrome", "RAREDISEASE"), ("hearing loss", "SIGN"), ("fever", "SYMPTOM")]),
     ("Diabetes is common. Pain and fatigue occur in it.", [("Diabetes", "DISEASE"), ("Pain", "SYMPTOM"), ("fatigue", "SYMPTOM"), ("it", "ANAPHOR")]),
     ("Epidermolysis bullosa affects the skin.\n\nBlisters appear early.", [("Epidermolysis bullosa", "SKINRAREDISEASE"), ("Blisters", "SIGN")]),
 ]
-
-
-def make_tiny_llama(dest: Path) -> Path:
-    if not (SMOL / "tokenizer.json").exists():
-        pytest.skip(f"tokenizer files not found in {SMOL} (python -m tokner.offline smollm2 {SMOL})")
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in TOKENIZER_FILES:
-        if (SMOL / f).exists():
-            shutil.copy(SMOL / f, dest / f)
-    tok = AutoTokenizer.from_pretrained(dest)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-                      tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(dest)
-    return dest
 
 
 def make_docbin(path: Path, nlp) -> Path:

@@ -1,6 +1,5 @@
 """Constrained decoding: always one valid tag per token and valid spans, whatever the weights;
 batched KV-cache decoding equals a cache-free reference decoder."""
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,31 +16,19 @@ from tokner.lora.decoding import constrained_decode  # noqa: E402
 from tokner.lora.prompt import PromptCodec, allowed_tags, bio_tags  # noqa: E402
 from tokner.scorer import ALL_LABELS  # noqa: E402
 from tokner.tags import doc_tags  # noqa: E402
+from tiny_models import SMOL, copy_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared CPU: one thread avoids spin-wait contention (10x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-SMOL = ROOT / "assets" / "models" / "SmolLM2-135M-Instruct"
+TORCH_THREADS = 1  # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    if not (SMOL / "tokenizer.json").exists():
-        pytest.skip(f"tokenizer files not found in {SMOL}")
     from transformers import AutoTokenizer
 
-    d = tmp_path_factory.mktemp("tok")
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (SMOL / f).exists():
-            shutil.copy(SMOL / f, d / f)
-    return AutoTokenizer.from_pretrained(d)
+    return AutoTokenizer.from_pretrained(copy_tokenizer(SMOL, tmp_path_factory.mktemp("tok")))
 
 
 def tiny_llama(vocab_size: int, seed: int, scale: float = 1.0, layers: int = 1, hidden: int = 16):
