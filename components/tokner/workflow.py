@@ -3,7 +3,7 @@
 ``python -m tokner.workflow all [--vars-file FILE.yml] [--vars.NAME VALUE ...]`` runs every command of the
 workflow with ``spacy project run`` (so unchanged steps are skipped as usual, from
 their deps/outputs), stops at the first failure, prints a timing table and writes it
-to ``metrics/timings-<workflow>.json``. ``--vars-file`` reads overrides of project.yml's
+to ``<metrics var>/timings-<workflow>.json``. ``--vars-file`` reads overrides of project.yml's
 ``vars`` from a YAML mapping (e.g. ``configs/paper.vars.yml``); ``--vars.NAME VALUE``
 given after it win.
 """
@@ -41,7 +41,11 @@ def run_workflow(name: str, extra: List[str], project_dir: Path = Path(".")) -> 
     for t in timings:
         print(f"{t['step']:<24}{t['seconds']:>10.1f}{'' if t['returncode'] == 0 else '  FAILED'}")
     print(f"{'total':<24}{total:>10.1f}")
-    out = project_dir / "metrics" / f"timings-{name}.json"
+    metrics = config.get("vars", {}).get("metrics", "metrics")
+    for i, arg in enumerate(extra[:-1]):
+        if arg == "--vars.metrics":
+            metrics = extra[i + 1]
+    out = project_dir / str(metrics) / f"timings-{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"workflow": name, "steps": timings, "total_seconds": round(total, 1)}, indent=2) + "\n")
     return rc

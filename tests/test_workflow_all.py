@@ -1,0 +1,96 @@
+"""The ``all`` workflow end to end on a tiny corpus slice with tiny random models.
+
+Runs ``python -m tokner.workflow all`` (every step through ``spacy project run``) in a
+copy of the project with the 100 shortest train and 2 shortest dev documents, a tiny BERT as the transformer and
+the retrieval encoder, and a tiny llama as the prompted LLM and the LoRA base model.
+Checks that every step exits 0, that ``compare`` writes the table, the chart and the
+HTML, and that a second run skips the steps whose inputs did not change.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import srsly
+
+pytest.importorskip("spacy_llm")
+pytest.importorskip("spacy_transformers")
+pytest.importorskip("peft")
+
+from tiny_models import ROOT, make_tiny_bert, make_tiny_llama, pick_brat  # noqa: E402
+
+METHODS = ("cnn", "bert", "zero-shot", "few-shot", "rag", "lora-constrained", "lora-free")
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory, brat_train, brat_dev):
+    root = tmp_path_factory.mktemp("tiny_all")
+    proj = root / "project"
+    proj.mkdir()
+    shutil.copy(ROOT / "project.yml", proj / "project.yml")
+    for folder in ("configs", "benchmarks"):
+        shutil.copytree(ROOT / folder, proj / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    data = root / "raredis"
+    pick_brat(brat_train, 0, 100, data / "train")  # spacy debug data (corpus-stats) wants >= 100 docs
+    pick_brat(brat_dev, 0, 2, data / "dev")
+    words = " ".join(p.read_text(encoding="utf-8") for p in sorted(data.rglob("*.txt"))).split()
+    models = root / "models"
+    bert = make_tiny_bert(models / "bert", words)
+    llama = make_tiny_llama(models / "llama", hidden=32)
+    overrides = {
+        "raredis_dir": data, "transformer": bert, "minilm": bert, "llm_model": llama, "lora_base_model": llama,
+        "cnn_max_steps": 4, "cnn_eval_frequency": 2, "bert_max_steps": 2, "bert_eval_frequency": 2,
+        "lora_max_minutes": 0.02, "lora_eval_docs": 1, "llm_max_sentences": 2,
+    }
+    args = [a for k, v in overrides.items() for a in (f"--vars.{k}", str(v))]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "tokner.workflow", "all", *args]
+    first = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-6000:]
+    timings = srsly.read_json(proj / "metrics" / "timings-all.json")
+    second = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-6000:] + second.stderr[-6000:]
+    return proj, timings, second.stdout
+
+
+def test_every_step_ran_and_was_timed(tiny_project):
+    proj, timings, _ = tiny_project
+    workflow = srsly.read_yaml(proj / "project.yml")["workflows"]["all"]
+    assert [t["step"] for t in timings["steps"]] == workflow
+    assert all(t["returncode"] == 0 and t["seconds"] > 0 for t in timings["steps"])
+    assert timings["total_seconds"] == pytest.approx(sum(t["seconds"] for t in timings["steps"]), abs=0.5)
+
+
+def test_compare_writes_table_chart_and_html(tiny_project):
+    proj = tiny_project[0]
+    table = (proj / "reports" / "comparison.md").read_text(encoding="utf-8")
+    for method in METHODS:
+        assert f"| {method} (dev) |" in table, method
+    assert "GPT-4" in table  # the paper's published figures, marked as theirs
+    assert (proj / "reports" / "f1_by_type.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (proj / "reports" / "errors.html").read_text(encoding="utf-8")
+    assert html.count("<h2>") == 2  # one per dev document
+    for method in ("cnn", "bert", "zero-shot", "rag", "lora-constrained"):
+        assert f">{method}</th>" in html, method
+
+
+def test_every_method_scored_with_the_paper_metric(tiny_project):
+    proj = tiny_project[0]
+    names = {"cnn": "cnn-dev", "bert": "bert-dev", "zero-shot": "llm_zero-dev", "few-shot": "llm_few-dev",
+             "rag": "llm_rag-dev", "lora-constrained": "lora-dev", "lora-free": "lora-free-dev"}
+    for method, stem in names.items():
+        scores = json.loads((proj / "metrics" / f"{stem}.json").read_text())
+        assert 0.0 <= scores["paper_avg_f"] <= 1.0 and 0.0 <= scores["paper_micro5_f"] <= 1.0, method
+        assert set(scores["spans_paper_per_type"]) >= {"DISEASE", "SIGN", "AVG-5", "MICRO-5"}, method
+
+
+def test_rerun_skips_unchanged_steps(tiny_project):
+    out = tiny_project[2]
+    for step in ("corpus", "train-cnn", "train-bert", "llm-zero", "train-lora", "compare"):
+        assert f"Skipping '{step}'" in out, step
