@@ -72,6 +72,33 @@ def test_prompt_lists_tokens_and_labels():
     assert "\n\n" not in "".join(p.words)  # whitespace tokens are never sent
 
 
+@pytest.mark.parametrize("max_unit_words,expected", [(None, [14]), (11, [10, 4]), (8, [6, 8]), (3, [6, 4, 4])])
+def test_doc_unit_shards_at_sentence_boundaries(tmp_path, max_unit_words, expected):
+    """unit="doc": whole sentences packed up to max_unit_words (a longer sentence is its
+    own shard); the answers of every shard land on the right tokens."""
+    nlp0 = make_nlp({"@llm_models": "tokner.ReplayModel.v1", "path": None},
+                    task_extra={"unit": "doc", "max_unit_words": max_unit_words})
+    gold = toy_gold(nlp0)
+    task = nlp0.get_pipe("llm").task
+    units = task.units(gold)
+    assert [len(u) for u in units] == expected
+    assert [i for u in units for i in u] == [i for s in sentence_token_lists(gold) for i in s]
+    tags = doc_tags(gold)
+    path = tmp_path / "r.jsonl"
+    with path.open("w") as f:
+        for u in units:
+            f.write(json.dumps({"tokens": [gold[i].text for i in u],
+                                "response": "\n".join(f"{gold[i].text} : {tags[i]}" for i in u)}) + "\n")
+    nlp = make_nlp({"@llm_models": "tokner.ReplayModel.v1", "path": str(path)},
+                   task_extra={"unit": "doc", "max_unit_words": max_unit_words})
+    doc = nlp(TEXT)
+    assert [(e.start_char, e.end_char, e.label_) for e in doc.ents] == \
+           [(e.start_char, e.end_char, e.label_) for e in gold.ents]
+    assert doc._.tokner_llm["units"] == len(expected) == doc._.tokner_llm["fully_aligned"]
+    with pytest.raises(ValueError, match="max_unit_words"):
+        make_nlp({"@llm_models": "tokner.ReplayModel.v1", "path": None}, task_extra={"max_unit_words": 0})
+
+
 def test_replay_sets_exact_offsets_and_roundtrips(tmp_path):
     nlp0 = make_nlp({"@llm_models": "tokner.ReplayModel.v1", "path": None})
     gold = toy_gold(nlp0)

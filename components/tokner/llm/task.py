@@ -1,7 +1,8 @@
 """``tokner.TokenNER.v1``: token-level NER as a spacy-llm task, with exact offsets.
 
 The task asks for one label per token, as in Lu et al. (2024): the prompt lists a
-sentence (or, with ``unit = "doc"``, the whole Doc) one token per line, and the
+sentence (or, with ``unit = "doc"``, the whole Doc, sharded into runs of whole
+sentences of at most ``max_unit_words`` words) one token per line, and the
 model answers one ``token : label`` line per token. The answer is aligned back
 to the Doc's own tokens (:func:`tokner.align.align_answer`), so ``Doc.ents``
 always sit on exact token boundaries, whatever the model wrote.
@@ -131,9 +132,13 @@ class TokenNERTask:
         unit: str,
         parse_responses: Callable,
         scorer: Callable[..., Dict[str, Any]],
+        max_unit_words: Optional[int] = None,
     ):
         if unit not in ("sentence", "doc"):
             raise ValueError(f"tokner.TokenNER.v1: unit must be 'sentence' or 'doc', got {unit!r}")
+        if max_unit_words is not None and int(max_unit_words) < 1:
+            raise ValueError(f"tokner.TokenNER.v1: max_unit_words must be >= 1 or null, got {max_unit_words!r}")
+        self._max_unit_words = int(max_unit_words) if max_unit_words else None
         self._labels = list(labels)
         self._template = template
         self._label_definitions = dict(label_definitions)
@@ -153,8 +158,7 @@ class TokenNERTask:
         """Token indices of each prompted unit (whitespace tokens never included)."""
         sents = sentence_token_lists(doc)
         if self._unit == "doc":
-            flat = [i for s in sents for i in s]
-            return [flat] if flat else []
+            return pack_sentences(sents, self._max_unit_words)
         return sents
 
     def render(self, words: Sequence[str], examples: Sequence[Dict] = (), passages: Sequence[str] = ()) -> TokenPrompt:
@@ -241,6 +245,7 @@ class TokenNERTask:
             "labels": self._labels,
             "definitions": self._label_definitions,
             "unit": self._unit,
+            "max_unit_words": self._max_unit_words,
             "examples": self._examples.fingerprint() if self._examples is not None else None,
             "knowledge": self._knowledge.fingerprint() if self._knowledge is not None else None,
         }
@@ -253,12 +258,14 @@ class TokenNERTask:
     # --- serialisation ----------------------------------------------------------------
 
     def get_cfg(self) -> Dict[str, Any]:
-        return {"labels": self._labels, "label_definitions": self._label_definitions, "unit": self._unit}
+        return {"labels": self._labels, "label_definitions": self._label_definitions, "unit": self._unit,
+                "max_unit_words": self._max_unit_words}
 
     def set_cfg(self, cfg: Dict[str, Any]) -> None:
         self._labels = list(cfg["labels"])
         self._label_definitions = dict(cfg["label_definitions"])
         self._unit = cfg["unit"]
+        self._max_unit_words = cfg.get("max_unit_words")
 
     def to_disk(self, path: Path, *, exclude: Tuple[str, ...] = tuple()) -> None:
         path = Path(path)
@@ -329,6 +336,7 @@ def make_token_ner_task(
     unit: str = "sentence",
     parse_responses: Optional[Callable] = None,
     scorer: Optional[Callable[..., Dict[str, Any]]] = None,
+    max_unit_words: Optional[int] = 300,
 ) -> TokenNERTask:
     """Token-level NER task.
 
@@ -338,6 +346,10 @@ def make_token_ner_task(
     examples: demonstrations (``tokner.FixedExamples.v1`` / ``tokner.SimilarExamples.v1``), None for zero-shot.
     knowledge: passages for the prompt (``tokner.KnowledgePassages.v1``), or None.
     unit: "sentence" (one prompt per sentence, the paper's setting) or "doc".
+    max_unit_words: with unit="doc", a Doc longer than this many words is sharded into
+        runs of whole sentences of at most this many words (a longer sentence is its own
+        shard), so each prompt and its one-line-per-word answer fit the model's context;
+        null: one prompt per Doc whatever its length. Ignored for unit="sentence".
     parse_responses: response parser (default: :func:`parse_responses`, alignment-based).
     scorer: scorer (default: ``tokner.paper_ner_scorer.v1`` with these labels' paper types).
     """
@@ -354,7 +366,21 @@ def make_token_ner_task(
         unit=unit,
         parse_responses=parse_responses or parse_responses_default(),
         scorer=scorer or score_paper_ner,
+        max_unit_words=max_unit_words,
     )
+
+
+def pack_sentences(sents: List[List[int]], max_words: Optional[int]) -> List[List[int]]:
+    """Greedily join consecutive sentences into units of at most ``max_words`` tokens
+    (None: one unit). A sentence longer than ``max_words`` stays whole, as its own unit:
+    units never cut a sentence."""
+    units: List[List[int]] = []
+    for sent in sents:
+        if units and (max_words is None or len(units[-1]) + len(sent) <= max_words):
+            units[-1].extend(sent)
+        else:
+            units.append(list(sent))
+    return [u for u in units if u]
 
 
 @registry.llm_misc("tokner.TokenNERParser.v1")
