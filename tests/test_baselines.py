@@ -166,3 +166,34 @@ def test_bert_trains_evaluates_and_round_trips_without_its_source(tiny_corpus, t
     assert doc._.trf_data is not None
     nlp.to_disk(tmp_path / "bert-copy")
     assert _ents(spacy.load(tmp_path / "bert-copy"), texts) == _ents(nlp, texts)
+
+
+def test_static_vectors_from_an_encoder_feed_the_cnn(tiny_corpus, tmp_path):
+    """`tokner static-vectors` distils per-word vectors from an encoder (tiny random BERT
+    here); configs/cnn_vectors.cfg trains with them and the pipeline round-trips."""
+    import numpy
+
+    from tokner.vectors import vocabulary
+
+    encoder = _tiny_bert(tmp_path / "tiny-bert", tiny_corpus)
+    out = tmp_path / "vectors"
+    assert tokner_main(["static-vectors", str(encoder), str(out), "--words", str(tiny_corpus["train"]),
+                        "--no-progress"]) == 0
+    vec_nlp = spacy.load(out)
+    vectors = vec_nlp.vocab.vectors
+    train_words = vocabulary([tiny_corpus["train"]])
+    assert vectors.shape[1] == 32 and vectors.shape[0] >= len(train_words)
+    assert numpy.allclose(numpy.linalg.norm(vectors.data, axis=1), 1.0, atol=1e-5)
+    word = next(w for w in train_words if w.isalpha() and len(w) > 3)
+    doc = vec_nlp.make_doc(f"{word.upper()} {word}")
+    assert doc[0].has_vector and numpy.array_equal(doc[0].vector, doc[1].vector)  # keyed by LOWER
+    with pytest.raises(FileNotFoundError, match="nope.spacy"):
+        vocabulary([tmp_path / "nope.spacy"])
+
+    best = _train(ROOT / "configs" / "cnn_vectors.cfg", tmp_path / "cnn", tiny_corpus, **{"paths.vectors": str(out)})
+    nlp = spacy.load(best)
+    _check_pipeline(nlp, "tok2vec")
+    assert nlp.vocab.vectors.shape == vectors.shape
+    texts = [d.text for d in load_gold_docs(tiny_corpus["dev"], nlp)]
+    nlp.to_disk(tmp_path / "saved")
+    assert _ents(spacy.load(tmp_path / "saved"), texts) == _ents(nlp, texts)

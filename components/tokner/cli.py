@@ -32,6 +32,16 @@ def _cmd_unpack(args) -> int:
     return 0
 
 
+def _cmd_static_vectors(args) -> int:
+    """Distil static word vectors from an encoder (see tokner.vectors)."""
+    from .vectors import build_static_vectors
+
+    info = build_static_vectors(args.encoder, args.output, args.words, use_encoder_vocab=not args.no_encoder_vocab,
+                                min_count=args.min_count, batch_size=args.batch_size, progress=not args.no_progress)
+    print(f"{info['words']} vectors of width {info['dim']} (keyed by {info['attr']}) -> {args.output}")
+    return 0
+
+
 def _cmd_export_texts(args) -> int:
     """One .txt per Doc of a DocBin (e.g. the train split as RAG knowledge passages)."""
     import spacy
@@ -191,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("docbin")
     x.add_argument("output_dir")
     x.set_defaults(func=_cmd_export_texts)
+
+    v = sub.add_parser("static-vectors", help="distil static word vectors from an encoder (for the CNN's StaticVectors)")
+    v.add_argument("encoder", help="hub name or local folder of a transformers encoder")
+    v.add_argument("output", help="folder for a blank pipeline holding the vectors ([initialize] vectors)")
+    v.add_argument("--words", nargs="+", required=True, help="DocBin(s) whose words get vectors (the train split)")
+    v.add_argument("--no-encoder-vocab", action="store_true", help="only the DocBins' words, not the encoder's vocab")
+    v.add_argument("--min-count", type=int, default=1)
+    v.add_argument("--batch-size", type=int, default=512)
+    v.add_argument("--no-progress", action="store_true")
+    v.set_defaults(func=_cmd_static_vectors)
 
     s = sub.add_parser("stats", help="entity counts per type of DocBins")
     s.add_argument("docbins", nargs="+")

@@ -1,0 +1,101 @@
+"""Static word vectors distilled from a sentence encoder, for spaCy's ``StaticVectors``.
+
+The CNN pipeline has no pretrained word vectors offline (spaCy's ``*_md``/``*_lg``
+packages are not on PyPI). This builds them from the encoder that is (all-MiniLM-L6-v2,
+or any hub name / local folder): each word is run through the encoder on its own and
+its sub-word outputs are mean-pooled, the "distil a static embedding from a
+transformer" recipe of Model2Vec (Tulkens & van Dongen, 2024) without its PCA/Zipf
+steps. Vectors are unit length and keyed by ``LOWER`` so case variants share one row.
+
+The vocabulary is the lower-cased words of the DocBins given (the *train* split: never
+dev or test text) plus, by default, the encoder's own whole-word vocabulary entries, so
+frequent words that are absent from train still get a vector.
+
+    python -m tokner static-vectors assets/models/all-MiniLM-L6-v2 assets/vectors/minilm \\
+        --words corpus/train.spacy
+
+The output folder is a blank spaCy pipeline holding only the vectors: pass it as
+``[initialize] vectors`` (``--paths.vectors``), as ``configs/cnn_vectors.cfg`` does.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence, Union
+
+import numpy
+import spacy
+from spacy.tokens import DocBin
+from spacy.vectors import Vectors
+
+_WORDLIKE = re.compile(r"^[a-z][a-z0-9\-']*$")
+
+
+def vocabulary(docbins: Sequence[Union[str, Path]], encoder_vocab: Iterable[str] = (), min_count: int = 1) -> List[str]:
+    """Lower-cased words of the DocBins (whitespace tokens skipped) seen at least
+    ``min_count`` times, plus the word-like entries of ``encoder_vocab``; sorted, unique."""
+    vocab = spacy.blank("en").vocab
+    counts: Dict[str, int] = {}
+    for path in docbins:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: DocBin not found")
+        for doc in DocBin().from_disk(path).get_docs(vocab):
+            for tok in doc:
+                if not tok.is_space:
+                    counts[tok.lower_] = counts.get(tok.lower_, 0) + 1
+    words = {w for w, c in counts.items() if c >= min_count}
+    words |= {w for w in encoder_vocab if _WORDLIKE.match(w)}
+    return sorted(words)
+
+
+def embed_words(encoder: Union[str, Path], words: Sequence[str], batch_size: int = 512, max_length: int = 16,
+                progress: bool = True) -> numpy.ndarray:
+    """Mean-pooled encoder outputs of each word on its own (special tokens excluded),
+    L2-normalised, as float32 [len(words), hidden]."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(encoder))
+    model = AutoModel.from_pretrained(str(encoder)).eval()
+    out = numpy.zeros((len(words), model.config.hidden_size), dtype="float32")
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(words), batch_size), desc="static vectors", unit="batch",
+                          disable=not progress):
+            batch = list(words[start : start + batch_size])
+            enc = tok(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                      return_special_tokens_mask=True)
+            special = enc.pop("special_tokens_mask")
+            hidden = model(**enc).last_hidden_state
+            mask = (enc["attention_mask"] * (1 - special)).unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            out[start : start + len(batch)] = pooled.float().numpy()
+    return out
+
+
+def build_static_vectors(encoder: Union[str, Path], output: Union[str, Path], docbins: Sequence[Union[str, Path]],
+                         use_encoder_vocab: bool = True, min_count: int = 1, batch_size: int = 512,
+                         progress: bool = True) -> Dict[str, object]:
+    """Write a blank ``en`` pipeline whose vocab holds the distilled vectors (keyed by LOWER)."""
+    encoder_vocab: List[str] = []
+    if use_encoder_vocab:
+        from transformers import AutoTokenizer
+
+        encoder_vocab = list(AutoTokenizer.from_pretrained(str(encoder)).get_vocab())
+    words = vocabulary(docbins, encoder_vocab, min_count=min_count)
+    if not words:
+        raise ValueError(f"no words found in {list(map(str, docbins))}")
+    data = embed_words(encoder, words, batch_size=batch_size, progress=progress)
+    nlp = spacy.blank("en")
+    keys = [nlp.vocab.strings.add(w) for w in words]
+    nlp.vocab.vectors = Vectors(strings=nlp.vocab.strings, data=data, keys=keys, attr="LOWER",
+                                name="tokner_static_vectors")
+    output = Path(output)
+    nlp.to_disk(output)
+    info = {"encoder": str(encoder), "words": len(words), "dim": int(data.shape[1]), "attr": "LOWER",
+            "docbins": [str(p) for p in docbins], "encoder_vocab": use_encoder_vocab}
+    (output / "static_vectors.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
