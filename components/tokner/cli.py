@@ -38,7 +38,7 @@ def _cmd_static_vectors(args) -> int:
 
     info = build_static_vectors(args.encoder, args.output, args.words, use_encoder_vocab=not args.no_encoder_vocab,
                                 min_count=args.min_count, batch_size=args.batch_size, progress=not args.no_progress)
-    print(f"{info['words']} vectors of width {info['dim']} (keyed by {info['attr']}) -> {args.output}")
+    print(f"{info['words']} vectors of width {info['dim']} ({info['keys']} keys: lower, Capitalised, UPPER) -> {args.output}")
     return 0
 
 

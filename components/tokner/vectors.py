@@ -5,7 +5,10 @@ packages are not on PyPI). This builds them from the encoder that is (all-MiniLM
 or any hub name / local folder): each word is run through the encoder on its own and
 its sub-word outputs are mean-pooled, the "distil a static embedding from a
 transformer" recipe of Model2Vec (Tulkens & van Dongen, 2024) without its PCA/Zipf
-steps. Vectors are unit length and keyed by ``LOWER`` so case variants share one row.
+steps. Vectors are unit length; each row is computed for the lower-cased word and keyed
+by that word, its capitalised and its upper-case form (three keys, one row: spaCy saves
+a ``Vectors.attr`` of ``LOWER`` only for floret vectors, so case-folding is done with
+keys, which survive ``to_disk``).
 
 The vocabulary is the lower-cased words of the DocBins given (the *train* split: never
 dev or test text) plus, by default, the encoder's own whole-word vocabulary entries, so
@@ -79,7 +82,8 @@ def embed_words(encoder: Union[str, Path], words: Sequence[str], batch_size: int
 def build_static_vectors(encoder: Union[str, Path], output: Union[str, Path], docbins: Sequence[Union[str, Path]],
                          use_encoder_vocab: bool = True, min_count: int = 1, batch_size: int = 512,
                          progress: bool = True) -> Dict[str, object]:
-    """Write a blank ``en`` pipeline whose vocab holds the distilled vectors (keyed by LOWER)."""
+    """Write a blank ``en`` pipeline whose vocab holds the distilled vectors (one row per
+    lower-cased word, keyed by its lower, capitalised and upper forms)."""
     encoder_vocab: List[str] = []
     if use_encoder_vocab:
         from transformers import AutoTokenizer
@@ -90,12 +94,18 @@ def build_static_vectors(encoder: Union[str, Path], output: Union[str, Path], do
         raise ValueError(f"no words found in {list(map(str, docbins))}")
     data = embed_words(encoder, words, batch_size=batch_size, progress=progress)
     nlp = spacy.blank("en")
-    keys = [nlp.vocab.strings.add(w) for w in words]
-    nlp.vocab.vectors = Vectors(strings=nlp.vocab.strings, data=data, keys=keys, attr="LOWER",
-                                name="tokner_static_vectors")
+    vectors = Vectors(strings=nlp.vocab.strings, data=data, name="tokner_static_vectors")
+    n_keys = 0
+    for row, word in enumerate(words):
+        for form in dict.fromkeys((word, word.capitalize(), word.upper())):
+            key = nlp.vocab.strings.add(form)
+            if vectors.find(key=key) < 0:  # a form that is also a word of its own keeps its row
+                vectors.add(key, row=row)
+                n_keys += 1
+    nlp.vocab.vectors = vectors
     output = Path(output)
     nlp.to_disk(output)
-    info = {"encoder": str(encoder), "words": len(words), "dim": int(data.shape[1]), "attr": "LOWER",
+    info = {"encoder": str(encoder), "words": len(words), "keys": n_keys, "dim": int(data.shape[1]),
             "docbins": [str(p) for p in docbins], "encoder_vocab": use_encoder_vocab}
     (output / "static_vectors.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info

@@ -18,14 +18,13 @@ and read back by ``spacy.load``; the source files are not needed after that.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import srsly

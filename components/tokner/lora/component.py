@@ -10,7 +10,6 @@ by default (always one valid tag per token, entity probabilities in
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
