@@ -23,7 +23,7 @@ pytest.importorskip("peft")
 
 from tiny_models import ROOT, make_tiny_bert, make_tiny_llama, pick_brat  # noqa: E402
 
-METHODS = ("cnn", "bert", "zero-shot", "few-shot", "rag", "lora-constrained", "lora-free")
+METHODS = ("cnn", "cnn-vectors", "bert", "zero-shot", "few-shot", "rag", "lora-constrained", "lora-free")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_compare_writes_table_chart_and_html(tiny_project):
 
 def test_every_method_scored_with_the_paper_metric(tiny_project):
     proj = tiny_project[0]
-    names = {"cnn": "cnn-dev", "bert": "bert-dev", "zero-shot": "llm_zero-dev", "few-shot": "llm_few-dev",
+    names = {"cnn": "cnn-dev", "cnn-vectors": "cnn_vectors-dev", "bert": "bert-dev", "zero-shot": "llm_zero-dev", "few-shot": "llm_few-dev",
              "rag": "llm_rag-dev", "lora-constrained": "lora-dev", "lora-free": "lora-free-dev"}
     for method, stem in names.items():
         scores = json.loads((proj / "metrics" / f"{stem}.json").read_text())
