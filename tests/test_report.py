@@ -33,6 +33,7 @@ def test_evaluate_then_compare(ruler_model, capsys):
                  "--docs", f"ruler={d / 'pred.spacy'}", "--gold", str(d / "dev.spacy"), "--n-docs", "3"]) == 0
     md = (d / "reports" / "comparison.md").read_text()
     assert "| ruler (dev) |" in md and "GPT-4 5-shot (Lu et al. 2024, test)" in md
+    assert "scored on" in md and f"| {m['docs']} doc" in md
     assert f"{m['spans_paper_per_type']['AVG-5']['f']:.3f}" in md
     assert (d / "reports" / "f1_by_type.png").read_bytes()[:4] == b"\x89PNG"
     page = (d / "reports" / "errors.html").read_text()

@@ -34,9 +34,19 @@ def load_metrics(pairs: Sequence[Tuple[str, Path]]) -> Dict[str, Dict]:
     return out
 
 
+def coverage(m: Dict) -> str:
+    """What a row was scored on: documents (and sentences when the run counted them)."""
+    docs, sents = m.get("docs"), m.get("sentences")
+    if docs is None:
+        return "–"
+    return (f"{docs} doc{'s' if docs != 1 else ''}"
+            + (f", {sents} sentence{'s' if sents != 1 else ''}" if sents else ""))
+
+
 def markdown_table(metrics: Dict[str, Dict], split: str = "dev") -> str:
     types = list(PAPER_LABELS)
-    head = ["method"] + [f"{t} P/R/F" for t in types] + ["Avg-5 F", "micro-5 F", "micro-all F", "words/s"]
+    head = (["method"] + [f"{t} P/R/F" for t in types]
+            + ["Avg-5 F", "micro-5 F", "micro-all F", "words/s", "scored on"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in metrics.items():
         table = m["spans_paper_per_type"]
@@ -47,10 +57,11 @@ def markdown_table(metrics: Dict[str, Dict], split: str = "dev") -> str:
         cells += [f"**{table['AVG-5']['f']:.3f}**", f"{table['MICRO-5']['f']:.3f}", f"{table['MICRO-ALL']['f']:.3f}"]
         wps = m.get("speed_words_per_second")
         cells.append(f"{wps:,.0f}" if wps else "–")
+        cells.append(coverage(m))
         lines.append("| " + " | ".join(cells) + " |")
     for name, f in PUBLISHED:
-        lines.append("| " + " | ".join([f"*{name}*"] + ["–"] * len(types) + [f"*{f:.3f}*", "–", "–", "–"]) + " |")
-    lines.append("| " + " | ".join(["*human agreement (Martínez-deMiguel et al. 2022)*"] + ["–"] * len(types) + [f"*{HUMAN_AGREEMENT_F1:.3f}*", "–", "–", "–"]) + " |")
+        lines.append("| " + " | ".join([f"*{name}*"] + ["–"] * len(types) + [f"*{f:.3f}*", "–", "–", "–", "test split"]) + " |")
+    lines.append("| " + " | ".join(["*human agreement (Martínez-deMiguel et al. 2022)*"] + ["–"] * len(types) + [f"*{HUMAN_AGREEMENT_F1:.3f}*", "–", "–", "–", "–"]) + " |")
     return "\n".join(lines)
 
 
@@ -155,8 +166,10 @@ def compare(
     png = bar_chart(metrics, out_dir / "f1_by_type.png")
     md.write_text(
         "# Comparison (paper metric, strict span match)\n\n"
-        f"Our rows: {split} split, from `python -m tokner evaluate`. Rows in italics are the "
-        "published figures of Lu et al. (2024) on the *test* split (Avg F1 only), not ours.\n\n"
+        f"Our rows: {split} split, from `python -m tokner evaluate`; \"scored on\" says how much of it "
+        "(a row scored on a few documents is a smoke test, not comparable with the full split). "
+        "Rows in italics are the published figures of Lu et al. (2024) on the *test* split "
+        "(Avg F1 only), not ours.\n\n"
         + markdown_table(metrics, split)
         + f"\n\n![F1 per type]({png.name})\n",
         encoding="utf-8",
