@@ -176,7 +176,7 @@ def test_static_vectors_from_an_encoder_feed_the_cnn(tiny_corpus, tmp_path):
     from tokner.vectors import vocabulary
 
     encoder = _tiny_bert(tmp_path / "tiny-bert", tiny_corpus)
-    out = tmp_path / "vectors"
+    out = tmp_path / "assets" / "vectors"  # parent folders are created
     assert tokner_main(["static-vectors", str(encoder), str(out), "--words", str(tiny_corpus["train"]),
                         "--no-progress"]) == 0
     vec_nlp = spacy.load(out)

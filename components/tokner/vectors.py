@@ -104,6 +104,7 @@ def build_static_vectors(encoder: Union[str, Path], output: Union[str, Path], do
                 n_keys += 1
     nlp.vocab.vectors = vectors
     output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     nlp.to_disk(output)
     info = {"encoder": str(encoder), "words": len(words), "keys": n_keys, "dim": int(data.shape[1]),
             "docbins": [str(p) for p in docbins], "encoder_vocab": use_encoder_vocab}
