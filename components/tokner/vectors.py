@@ -53,16 +53,20 @@ def vocabulary(docbins: Sequence[Union[str, Path]], encoder_vocab: Iterable[str]
     return sorted(words)
 
 
-def embed_words(encoder: Union[str, Path], words: Sequence[str], batch_size: int = 512, max_length: int = 16,
+def load_encoder(encoder: Union[str, Path]):
+    """(tokenizer, model in eval mode) of a hub name or local folder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(encoder)), AutoModel.from_pretrained(str(encoder)).eval()
+
+
+def embed_words(tok, model, words: Sequence[str], batch_size: int = 512, max_length: int = 16,
                 progress: bool = True) -> numpy.ndarray:
     """Mean-pooled encoder outputs of each word on its own (special tokens excluded),
     L2-normalised, as float32 [len(words), hidden]."""
     import torch
     from tqdm import tqdm
-    from transformers import AutoModel, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(encoder))
-    model = AutoModel.from_pretrained(str(encoder)).eval()
     out = numpy.zeros((len(words), model.config.hidden_size), dtype="float32")
     with torch.inference_mode():
         for start in tqdm(range(0, len(words), batch_size), desc="static vectors", unit="batch",
@@ -84,15 +88,11 @@ def build_static_vectors(encoder: Union[str, Path], output: Union[str, Path], do
                          progress: bool = True) -> Dict[str, object]:
     """Write a blank ``en`` pipeline whose vocab holds the distilled vectors (one row per
     lower-cased word, keyed by its lower, capitalised and upper forms)."""
-    encoder_vocab: List[str] = []
-    if use_encoder_vocab:
-        from transformers import AutoTokenizer
-
-        encoder_vocab = list(AutoTokenizer.from_pretrained(str(encoder)).get_vocab())
-    words = vocabulary(docbins, encoder_vocab, min_count=min_count)
+    tok, model = load_encoder(encoder)
+    words = vocabulary(docbins, tok.get_vocab() if use_encoder_vocab else (), min_count=min_count)
     if not words:
         raise ValueError(f"no words found in {list(map(str, docbins))}")
-    data = embed_words(encoder, words, batch_size=batch_size, progress=progress)
+    data = embed_words(tok, model, words, batch_size=batch_size, progress=progress)
     nlp = spacy.blank("en")
     vectors = Vectors(strings=nlp.vocab.strings, data=data, name="tokner_static_vectors")
     n_keys = 0
