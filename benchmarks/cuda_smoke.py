@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -57,40 +56,6 @@ def make_docbin(path: Path) -> Path:
         db.add(doc)
     db.to_disk(path)
     return path
-
-
-def tiny_llama(tokenizer_dir: Path, dest: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-        if (tokenizer_dir / f).exists():
-            shutil.copy(tokenizer_dir / f, dest / f)
-    tok = AutoTokenizer.from_pretrained(dest)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-                      tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(dest)
-    return dest
-
-
-def tiny_bert(dest: Path) -> Path:
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    torch.manual_seed(0)
-    words = sorted({w.lower() for t, _ in TEXTS for w in t.replace(".", " .").split()})
-    chars = sorted({c for w in words for c in w})
-    entries = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars] + words
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "vocab.txt").write_text("\n".join(dict.fromkeys(entries)) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(dest / "vocab.txt"), do_lower_case=True).save_pretrained(dest)
-    BertModel(BertConfig(vocab_size=len(dict.fromkeys(entries)), hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=64)).save_pretrained(dest)
-    return dest
 
 
 def ents(nlp, texts):
@@ -170,14 +135,15 @@ def main() -> int:
     import torch
 
     import tokner  # noqa: F401
+    from tokner.tiny import make_tiny_bert, make_tiny_llama
 
     report = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "checks": {}}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         data = make_docbin(tmp / "train.spacy")
-        llama = tiny_llama(Path(args.tokenizer), tmp / "llama")
-        bert = tiny_bert(tmp / "bert")
+        llama = make_tiny_llama(tmp / "llama", args.tokenizer)
+        bert = make_tiny_bert(tmp / "bert", [w for t, _ in TEXTS for w in t.replace(".", " .").split()])
         checks = {
             "lora_train_load_decode": lambda: check_lora(tmp, llama, data),
             "hf_causal_lm_generate": lambda: check_hf_llm(tmp, llama),

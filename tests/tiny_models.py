@@ -1,71 +1,37 @@
 """Tiny random models and corpus slices, built inside the tests (nothing is downloaded).
 
-The tokenizers come from the offline models that ``conftest.pytest_sessionstart``
-materialises under ``assets/models`` (SmolLM2's tokenizer, MiniLM's WordPiece vocab).
+The builders live in :mod:`tokner.tiny`; here they skip the test when the offline
+tokenizer files are missing. ``conftest.pytest_sessionstart`` materialises them under
+``assets/models`` (SmolLM2's tokenizer, MiniLM's WordPiece vocab).
 """
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from pathlib import Path
-from typing import Iterable
 
 import pytest
+
+from tokner import tiny
+from tokner.tiny import make_tiny_bert  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOL = ROOT / "assets" / "models" / "SmolLM2-135M-Instruct"
 MINILM = ROOT / "assets" / "models" / "all-MiniLM-L6-v2"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "vocab.txt")
 
 
 def copy_tokenizer(src: Path, dest: Path) -> Path:
     """Copy a materialised model's tokenizer files to dest (skip the test when src is missing)."""
-    if not (src / "tokenizer.json").exists():
-        pytest.skip(f"tokenizer files not found in {src} (python -m tokner.offline ...)")
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (src / name).exists():
-            shutil.copy(src / name, dest / name)
-    return dest
+    try:
+        return tiny.copy_tokenizer_files(src, dest)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
 
 
-def make_tiny_llama(dest: Path, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                    seed: int = 0) -> Path:
-    """A random llama with SmolLM2's tokenizer, saved as a normal HF folder."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    copy_tokenizer(SMOL, dest)
-    tok = AutoTokenizer.from_pretrained(dest)
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                      tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(dest)
-    return dest
-
-
-def make_tiny_bert(dest: Path, words: Iterable[str], hidden: int = 32, layers: int = 2) -> Path:
-    """A random BERT with a lower-cased WordPiece vocab: every character (alone and as
-    ``##c``) plus the 300 most frequent of ``words``."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    torch.manual_seed(0)
-    counts = Counter(w.lower() for w in words if w.strip())
-    chars = sorted({c for w in counts for c in w})
-    entries = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
-    entries += [w for w, _ in counts.most_common(300) if w not in entries]
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "vocab.txt").write_text("\n".join(entries) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(dest / "vocab.txt"), do_lower_case=True, model_max_length=512).save_pretrained(dest)
-    config = BertConfig(vocab_size=len(entries), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=512)
-    BertModel(config).save_pretrained(dest)
-    return dest
+def make_tiny_llama(dest: Path, **kwargs) -> Path:
+    """A random llama with SmolLM2's tokenizer (see :func:`tokner.tiny.make_tiny_llama`)."""
+    if not (SMOL / "tokenizer.json").exists():
+        pytest.skip(f"tokenizer files not found in {SMOL} (python -m tokner.offline smollm2 {SMOL})")
+    return tiny.make_tiny_llama(dest, SMOL, **kwargs)
 
 
 def pick_brat(brat_dir: Path, start: int, n: int, dest: Path) -> Path:
