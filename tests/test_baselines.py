@@ -198,3 +198,44 @@ def test_static_vectors_from_an_encoder_feed_the_cnn(tiny_corpus, tmp_path):
     texts = [d.text for d in load_gold_docs(tiny_corpus["dev"], nlp)]
     nlp.to_disk(tmp_path / "saved")
     assert _ents(spacy.load(tmp_path / "saved"), texts) == _ents(nlp, texts)
+
+
+def test_static_vectors_mix_in_context_means(tiny_corpus, tmp_path):
+    """`--context-weight` averages each train word's in-context encoder outputs and mixes
+    them into its row; words only in the encoder's vocab keep their isolated vector."""
+    import numpy
+
+    from tokner.vectors import build_static_vectors, vocabulary
+
+    encoder = _tiny_bert(tmp_path / "tiny-bert", tiny_corpus)
+    train = [tiny_corpus["train"]]
+    rows = {}
+    for w in (0.0, 0.5, 1.0):
+        info = build_static_vectors(encoder, tmp_path / f"v{w}", train, context_weight=w, progress=False)
+        nlp = spacy.load(tmp_path / f"v{w}")
+        rows[w] = nlp.vocab.vectors
+        assert info["context_weight"] == w
+    train_words = vocabulary(train)
+    assert info["words_with_context"] == len(train_words)  # every train word was seen in context
+    vec0, vec5, vec1 = (rows[w] for w in (0.0, 0.5, 1.0))
+    strings = spacy.blank("en").vocab.strings
+    for word in train_words[:50]:
+        key = strings.add(word)
+        a, b, c = vec0[key], vec5[key], vec1[key]
+        mixed = (a + c) / numpy.linalg.norm(a + c)
+        assert numpy.allclose(b, mixed, atol=1e-5)
+        assert numpy.isclose(numpy.linalg.norm(c), 1.0, atol=1e-5)
+    assert any(not numpy.allclose(vec0[strings.add(w)], vec1[strings.add(w)], atol=1e-4) for w in train_words)
+    extra = [w for w in vocabulary([], _tiny_bert_vocab(encoder)) if w not in set(train_words)]
+    assert extra, "the tiny encoder's vocab should have words that are not in train"
+    for word in extra[:20]:
+        key = strings.add(word)
+        assert numpy.array_equal(vec0[key], vec1[key])
+    with pytest.raises(ValueError, match="context_weight"):
+        build_static_vectors(encoder, tmp_path / "bad", train, context_weight=1.5, progress=False)
+
+
+def _tiny_bert_vocab(encoder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(encoder)).get_vocab()

@@ -37,7 +37,8 @@ def _cmd_static_vectors(args) -> int:
     from .vectors import build_static_vectors
 
     info = build_static_vectors(args.encoder, args.output, args.words, use_encoder_vocab=not args.no_encoder_vocab,
-                                min_count=args.min_count, batch_size=args.batch_size, progress=not args.no_progress)
+                                min_count=args.min_count, batch_size=args.batch_size,
+                                context_weight=args.context_weight, progress=not args.no_progress)
     print(f"{info['words']} vectors of width {info['dim']} ({info['keys']} keys: lower, Capitalised, UPPER) -> {args.output}")
     return 0
 
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-encoder-vocab", action="store_true", help="only the DocBins' words, not the encoder's vocab")
     v.add_argument("--min-count", type=int, default=1)
     v.add_argument("--batch-size", type=int, default=512)
+    v.add_argument("--context-weight", type=float, default=0.0,
+                   help="mix in each --words word's mean in-context output with this weight (0: isolated words only)")
     v.add_argument("--no-progress", action="store_true")
     v.set_defaults(func=_cmd_static_vectors)
 
