@@ -104,9 +104,7 @@ def context_sums(tok, model, docbins: Sequence[Union[str, Path]], index: Dict[st
             units = list(doc.sents) if doc.has_annotation("SENT_START") else [doc[:]]
             for unit in units:
                 words = [t.text for t in unit if not t.is_space]
-                for start in range(0, len(words), window):
-                    if words[start : start + window]:
-                        windows.append(words[start : start + window])
+                windows.extend(words[start : start + window] for start in range(0, len(words), window))
     windows.sort(key=len)
     sums = numpy.zeros((len(index), model.config.hidden_size), dtype="float32")
     counts = numpy.zeros(len(index), dtype="int64")
