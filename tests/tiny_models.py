@@ -19,18 +19,21 @@ SMOL = ROOT / "assets" / "models" / "SmolLM2-135M-Instruct"
 MINILM = ROOT / "assets" / "models" / "all-MiniLM-L6-v2"
 
 
+def _require_tokenizer(src: Path) -> None:
+    """Skip the test when ``src`` has no materialised tokenizer files."""
+    if not (src / "tokenizer.json").exists():
+        pytest.skip(f"tokenizer files not found in {src} (python -m tokner.offline ...)")
+
+
 def copy_tokenizer(src: Path, dest: Path) -> Path:
     """Copy a materialised model's tokenizer files to dest (skip the test when src is missing)."""
-    try:
-        return tiny.copy_tokenizer_files(src, dest)
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
+    _require_tokenizer(src)
+    return tiny.copy_tokenizer_files(src, dest)
 
 
 def make_tiny_llama(dest: Path, **kwargs) -> Path:
     """A random llama with SmolLM2's tokenizer (see :func:`tokner.tiny.make_tiny_llama`)."""
-    if not (SMOL / "tokenizer.json").exists():
-        pytest.skip(f"tokenizer files not found in {SMOL} (python -m tokner.offline smollm2 {SMOL})")
+    _require_tokenizer(SMOL)
     return tiny.make_tiny_llama(dest, SMOL, **kwargs)
 
 
