@@ -74,6 +74,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=200, help="number of dev sentences")
     p.add_argument("--batch-size", type=int, default=32, help="constrained decoding batch size")
     p.add_argument("--free-batch-size", type=int, default=16, help="free generation batch size")
+    p.add_argument("--call-cost", default="auto",
+                   help="constrained decoding's per-call cost in token slots (tokner.lora.decoding.chunk_width): "
+                        "a number, 'none' (always the longest chunk) or 'auto' (16 on CPU, none on GPU)")
     p.add_argument("--modes", default="constrained,free")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--output")
@@ -86,14 +89,17 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    call_cost = {"auto": "auto", "none": None}.get(args.call_cost.lower()) if args.call_cost.lower() in ("auto", "none") \
+        else float(args.call_cost)
     t0 = time.perf_counter()
     nlp = spacy.load(args.model)
     pipe = next(proc for _, proc in nlp.pipeline if type(proc).__name__ == "LoraNER")
+    pipe.cfg["call_cost"] = call_cost
     _ = pipe.lm
     load_s = time.perf_counter() - t0
     sents = sentences_from_docs(load_gold_docs(Path(args.data), nlp), pipe.labels)[: args.n]
     result = {"model": args.model, "data": args.data, "sentences": len(sents), "words": sum(len(w) for w, _ in sents),
-              "base_model": pipe.cfg["base_model"], "merged": pipe.cfg["merge_adapter"], "threads": torch.get_num_threads(),
+              "base_model": pipe.cfg["base_model"], "merged": pipe.cfg["merge_adapter"], "call_cost": call_cost, "threads": torch.get_num_threads(),
               "load_seconds": load_s, "peak_rss_mb_after_load": rss_mb()}
     for mode in args.modes.split(","):
         batch = args.batch_size if mode == "constrained" else args.free_batch_size

@@ -136,3 +136,16 @@ def test_free_generation_path_runs(trained):
         assert doc.text[ent.start_char:ent.end_char] == ent.text
     stats = nlp.get_pipe("tokner_lora_ner").last_stats
     assert stats.sentences == 2 and len(stats.answers) == 2
+
+
+def test_call_cost_is_config_checked_and_keeps_predictions(trained):
+    out, _, _ = trained
+    with pytest.raises(ValueError, match="call_cost"):
+        spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"call_cost": "fast"}}})
+    text = TEXTS[0][0] + " " + TEXTS[1][0]
+    ents = []
+    for cost in (None, 0.0, "auto"):
+        nlp = spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"call_cost": cost}}})
+        assert nlp.get_pipe("tokner_lora_ner").cfg["call_cost"] == cost
+        ents.append([(e.start, e.end, e.label_) for e in nlp(text).ents])
+    assert ents[0] == ents[1] == ents[2]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import spacy  # noqa: E402
 
-from tokner.lora.decoding import constrained_decode  # noqa: E402
+from tokner.lora.decoding import chunk_width, constrained_decode  # noqa: E402
 from tokner.lora.prompt import PromptCodec, allowed_tags, bio_tags  # noqa: E402
 from tokner.scorer import ALL_LABELS  # noqa: E402
 from tokner.tags import doc_tags  # noqa: E402
@@ -83,11 +83,45 @@ def test_batched_cache_decoding_equals_reference(tokenizer):
              ["Epidermolysis", "bullosa", "(", "EB", ")", "affects", "the", "skin", "of", "infants", "."],
              ["x"]]
     expected = [reference_decode(model, codec, s) for s in sents]
-    for batch_size, share_head in ((1, False), (3, True), (4, False), (4, True)):
-        got, stats = constrained_decode(model, codec, sents, batch_size=batch_size, share_head=share_head)
-        assert [t for t, _ in got] == expected, (batch_size, share_head)
+    probs = None
+    for batch_size, share_head, call_cost in ((1, False, None), (3, True, None), (4, False, None), (4, True, None),
+                                              (4, True, 0.0), (4, False, 3.0), (4, True, 128.0)):
+        got, stats = constrained_decode(model, codec, sents, batch_size=batch_size, share_head=share_head,
+                                        call_cost=call_cost)
+        assert [t for t, _ in got] == expected, (batch_size, share_head, call_cost)
+        assert stats.fed_tokens <= stats.slot_tokens
+        flat = [p for _, ps in got for p in ps]
+        if probs is None:
+            probs = flat
+        assert flat == pytest.approx(probs, abs=1e-4), (batch_size, share_head, call_cost)
+        if call_cost == 0.0:  # no call overhead: never a pad slot in a call, so fewer slots than full width
+            assert stats.slot_tokens < full_slots
+        if call_cost is None and batch_size == 4 and share_head:
+            full_slots = stats.slot_tokens
+    from tokner.lora.decoding import split_head
+    from tokner.lora.kvcache import use_grouped_attention
+
+    assert split_head(model) is not None  # the label-rows-only head path was the one compared
+    assert use_grouped_attention(model)
+    got, _ = constrained_decode(model, codec, sents, batch_size=4, call_cost=8.0)
+    assert [t for t, _ in got] == expected
+    assert [p for _, ps in got for p in ps] == pytest.approx(probs, abs=1e-4)
     # with random scaled weights some non-O labels occur, so the test exercises the 2-decision path
     assert any(t != "O" for tags in expected for t in tags)
+
+
+def test_chunk_width_trades_pads_against_calls():
+    assert chunk_width([3, 3, 12], None) == 12  # no call cost given: the longest chunk
+    assert chunk_width([3, 3, 12], 0.0) == 3  # free calls: no pad slots
+    assert chunk_width([3, 3, 12], 1000.0) == 12  # dear calls: one call for everything
+    assert chunk_width([5, 5, 5], 0.0) == 5
+    # 3 rows, costs per real token: width 3 -> (c + 9) / 9, width 12 -> (c + 36) / 18
+    assert chunk_width([3, 3, 12], 17.0) == 3 and chunk_width([3, 3, 12], 19.0) == 12
+    for bad in ([], [0, 3]):
+        with pytest.raises(ValueError, match="pending chunk lengths"):
+            chunk_width(bad, 1.0)
+    with pytest.raises(ValueError, match="call_cost"):
+        chunk_width([1, 2], -1.0)
 
 
 WORD = st.text(alphabet=st.sampled_from(list("abcXYZ019().,;:-'/%é’ ")), min_size=1, max_size=6).map(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import srsly
 from spacy.language import Language
@@ -43,8 +43,10 @@ class LoraNER:
         decoding: str = "constrained",
         bio_constraint: bool = True,
         batch_size: int = 16,
+        call_cost: Union[float, str, None] = "auto",
         max_new_tokens_factor: float = 1.25,
         merge_adapter: bool = False,
+        grouped_attention: bool = True,
         device: str = "auto",
         torch_dtype: str = "auto",
         load_in_4bit: bool = False,
@@ -56,13 +58,16 @@ class LoraNER:
             raise ValueError(f"[{name}] decoding must be one of {DECODINGS}, got {decoding!r}")
         if not labels:
             raise ValueError(f"[{name}] needs at least one label")
+        if not (call_cost is None or call_cost == "auto"
+                or (isinstance(call_cost, (int, float)) and not isinstance(call_cost, bool) and call_cost >= 0)):
+            raise ValueError(f"[{name}] call_cost must be 'auto', null or a number >= 0, got {call_cost!r}")
         self.nlp = nlp
         self.name = name
         self.cfg: Dict[str, Any] = {
             "base_model": base_model, "labels": list(labels), "instruction": instruction,
             "input_format": input_format, "decoding": decoding, "bio_constraint": bio_constraint,
-            "batch_size": batch_size, "max_new_tokens_factor": max_new_tokens_factor,
-            "merge_adapter": merge_adapter, "device": device, "torch_dtype": torch_dtype,
+            "batch_size": batch_size, "call_cost": call_cost, "max_new_tokens_factor": max_new_tokens_factor,
+            "merge_adapter": merge_adapter, "grouped_attention": grouped_attention, "device": device, "torch_dtype": torch_dtype,
             "load_in_4bit": load_in_4bit, "torch_threads": torch_threads, "spans_key": spans_key,
         }
         self.scorer = scorer
@@ -139,6 +144,10 @@ class LoraNER:
         if self.cfg["merge_adapter"] and not self.cfg["load_in_4bit"]:
             model = peft_model.merge_and_unload()
         model.eval()
+        if self.cfg["grouped_attention"]:
+            from .kvcache import use_grouped_attention
+
+            use_grouped_attention(model)
         self._model = model
 
     def set_adapter_from(self, peft_model) -> None:
@@ -164,7 +173,8 @@ class LoraNER:
 
         if self.decoding == "constrained":
             out, stats = constrained_decode(self.lm, self.codec, sentences, self.cfg["batch_size"],
-                                            bio=self.cfg["bio_constraint"], progress=progress)
+                                            bio=self.cfg["bio_constraint"], progress=progress,
+                                            call_cost=self.cfg["call_cost"])
         else:
             out, stats = free_generate(self.lm, self.codec, sentences, self.cfg["batch_size"],
                                        self.cfg["max_new_tokens_factor"], progress=progress)
@@ -273,8 +283,10 @@ class LoraNER:
         "decoding": "constrained",
         "bio_constraint": True,
         "batch_size": 16,
+        "call_cost": "auto",
         "max_new_tokens_factor": 1.25,
         "merge_adapter": False,
+        "grouped_attention": True,
         "device": "auto",
         "torch_dtype": "auto",
         "load_in_4bit": False,
@@ -295,8 +307,10 @@ def make_lora_ner(
     decoding: str,
     bio_constraint: bool,
     batch_size: int,
+    call_cost: Union[float, str, None],
     max_new_tokens_factor: float,
     merge_adapter: bool,
+    grouped_attention: bool,
     device: str,
     torch_dtype: str,
     load_in_4bit: bool,
@@ -307,6 +321,7 @@ def make_lora_ner(
     return LoraNER(
         nlp, name, base_model=base_model, adapter=adapter, labels=labels, instruction=instruction,
         input_format=input_format, decoding=decoding, bio_constraint=bio_constraint, batch_size=batch_size,
-        max_new_tokens_factor=max_new_tokens_factor, merge_adapter=merge_adapter, device=device,
+        call_cost=call_cost, max_new_tokens_factor=max_new_tokens_factor, merge_adapter=merge_adapter,
+        grouped_attention=grouped_attention, device=device,
         torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, torch_threads=torch_threads, spans_key=spans_key, scorer=scorer,
     )
