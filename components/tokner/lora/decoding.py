@@ -110,8 +110,8 @@ def chunk_width(lengths: Sequence[int], call_cost: Optional[float]) -> int:
 
     A call costs ``call_cost`` token slots of fixed overhead plus one slot per row and
     column (pads included). The width minimises that cost per real token fed;
-    ``call_cost=None`` always takes the longest chunk (one call per decision, right
-    where pads are nearly free, as on a GPU).
+    ``call_cost=None`` always takes the longest chunk (one call per decision: the right
+    choice where pads are nearly free, as on a GPU).
     """
     if not lengths or min(lengths) < 1:
         raise ValueError(f"pending chunk lengths must be >= 1, got {list(lengths)}")
