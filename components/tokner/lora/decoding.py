@@ -348,6 +348,7 @@ def free_generate(model, codec: PromptCodec, sentences: Sequence[Sequence[str]],
                 eos_token_id=codec.eos_id, pad_token_id=codec.pad_id, num_beams=1, past_key_values=GrowingCache(),
             )
         stats.model_calls += int(out.shape[1] - width)
+        stats.slot_tokens += int(out.shape[0] * (out.shape[1] - 1))  # prompt + every generated step but the last
         for b, i in enumerate(idx):
             gen = out[b, width:].tolist()
             if codec.eos_id in gen:
