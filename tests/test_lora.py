@@ -52,6 +52,7 @@ def trained(tmp_path_factory):
         "paths.train": str(data), "paths.dev": str(data), "paths.base_model": str(base),
         "lora.max_steps": 2, "lora.max_minutes": 0, "lora.batch_size": 2, "lora.eval_every": 1,
         "lora.save_every": 1, "lora.eval_docs": 2, "lora.r": 4, "lora.alpha": 8,
+        "lora.oversample": {"SYMPTOM": 3, "SKINRAREDISEASE": 2},
         "components.tokner_lora_ner.device": "cpu", "components.tokner_lora_ner.batch_size": 4,
     }
     out = tmp / "out"
@@ -63,6 +64,8 @@ def test_training_writes_checkpoints_and_pipelines(trained):
     out, summary, _ = trained
     assert summary["steps"] == 2 and summary["stop_reason"] == "max_steps"
     assert summary["train_sentences"] == 6
+    # two sentences with SYMPTOM (x3) and one with SKINRAREDISEASE (x2): 6 + 2*2 + 1
+    assert summary["epoch_sentences"] == 11
     log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2]
     for sub in ("checkpoints/last", "checkpoints/best", "model-best/tokner_lora_ner", "model-last/tokner_lora_ner"):
@@ -149,3 +152,16 @@ def test_call_cost_is_config_checked_and_keeps_predictions(trained):
         assert nlp.get_pipe("tokner_lora_ner").cfg["call_cost"] == cost
         ents.append([(e.start, e.end, e.label_) for e in nlp(text).ents])
     assert ents[0] == ents[1] == ents[2]
+
+
+def test_oversample_indices_repeat_sentences_by_their_rarest_label():
+    from tokner.lora.data import oversample_indices
+
+    tags = [["O", "B-SIGN"], ["B-SYMPTOM", "I-SYMPTOM", "O"], ["B-SKINRAREDISEASE", "B-SYMPTOM"], ["O"]]
+    assert oversample_indices(tags, {}) == [0, 1, 2, 3]
+    assert oversample_indices(tags, {"SYMPTOM": 3, "SKINRAREDISEASE": 2}) == [0, 1, 1, 1, 2, 2, 2, 3]
+    with pytest.raises(ValueError, match="unknown label 'SYMPTOMS'"):
+        oversample_indices(tags, {"SYMPTOMS": 2}, labels=["SIGN", "SYMPTOM"])
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="integer >= 1"):
+            oversample_indices(tags, {"SIGN": bad})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
@@ -32,6 +32,23 @@ def read_docbin(path, vocab: Vocab, limit: int = 0) -> List[Doc]:
         raise FileNotFoundError(f"DocBin not found: {path} (build it with: python -m tokner convert RAREDIS_DIR corpus)")
     docs = list(DocBin().from_disk(path).get_docs(vocab))
     return docs[: limit or None]
+
+
+def oversample_indices(tag_lists: Sequence[Sequence[str]], factors: Mapping[str, int],
+                       labels: Sequence[str] = ()) -> List[int]:
+    """Sentence indices for one epoch, a sentence with a label in ``factors`` repeated
+    that many times (the largest factor among its labels); the others once."""
+    factors = dict(factors or {})
+    for label, k in factors.items():
+        if labels and label not in labels:
+            raise ValueError(f"oversample: unknown label {label!r} (labels: {', '.join(labels)})")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"oversample: factor for {label!r} must be an integer >= 1, got {k!r}")
+    out: List[int] = []
+    for i, tags in enumerate(tag_lists):
+        present = {t[2:] for t in tags if t[:2] in ("B-", "I-")}
+        out += [i] * max([factors.get(label, 1) for label in present] + [1])
+    return out
 
 
 @dataclass

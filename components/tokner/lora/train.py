@@ -61,6 +61,8 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "save_every": 25,
     "gradient_checkpointing": False,
     "train_limit": 0,
+    # label -> integer factor: sentences with that label appear that often per epoch
+    "oversample": {},
     "log_every": 10,
     "torch_threads": 0,
 }
@@ -168,7 +170,7 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
     from tqdm import tqdm
 
     from ..evaluation import load_gold_docs
-    from .data import bucketed_batches, collate, encode_example, read_docbin, sentences_from_docs
+    from .data import bucketed_batches, collate, encode_example, oversample_indices, read_docbin, sentences_from_docs
     from .modeling import (adapter_state, attach_adapter, load_base_model, make_lora_config, require_lora_deps,
                            save_adapter)
 
@@ -194,11 +196,12 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
         train_sents = train_sents[: int(T["train_limit"])]
     encoded = [encode_example(codec, w, t, int(T["max_length"]), T["loss_on"]) for w, t in
                tqdm(train_sents, desc="encode train", unit="sent", disable=not progress)]
-    lengths = [len(e.input_ids) for e in encoded]
     n_truncated = sum(e.truncated for e in encoded)
+    pool = oversample_indices([t for _, t in train_sents], T["oversample"], pipe.labels)
+    lengths = [len(encoded[i].input_ids) for i in pool]
     dev_docs = load_gold_docs(Path(dev_path), nlp)[: int(T["eval_docs"]) or None] if dev_path else []
     bs, accum = int(T["batch_size"]), max(1, int(T["grad_accum"]))
-    micro_per_epoch = math.ceil(len(encoded) / bs)
+    micro_per_epoch = math.ceil(len(pool) / bs)
     steps_per_epoch = math.ceil(micro_per_epoch / accum)
     max_steps = int(T["max_steps"]) or steps_per_epoch * int(T["max_epochs"])
     max_steps = min(max_steps, steps_per_epoch * int(T["max_epochs"])) if int(T["max_epochs"]) else max_steps
@@ -279,7 +282,7 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
     while stop_reason is None:
         batches = bucketed_batches(lengths, bs, int(T["seed"]) + state["epoch"], int(T["bucket_factor"]))
         for mi in range(state["micro_in_epoch"], len(batches)):
-            batch = collate([encoded[i] for i in batches[mi]], codec.pad_id)
+            batch = collate([encoded[pool[i]] for i in batches[mi]], codec.pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss
             (loss / accum).backward()
@@ -333,7 +336,8 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
     summary = {
         "config": str(config_path), "base_model": pcfg["base_model"], "stop_reason": stop_reason,
         "steps": state["step"], "epochs_done": state["epoch"] + state["micro_in_epoch"] / max(1, micro_per_epoch),
-        "steps_per_epoch": steps_per_epoch, "train_sentences": len(encoded), "truncated": n_truncated,
+        "steps_per_epoch": steps_per_epoch, "train_sentences": len(encoded), "epoch_sentences": len(pool),
+        "truncated": n_truncated,
         "seq_len_mean": sum(lengths) / max(1, len(lengths)), "tokens_seen": state["tokens_seen"],
         "train_seconds": state["train_seconds"], "sec_per_step_this_run": (sum(step_times) / len(step_times)) if step_times else None,
         "trainable_params": n_trainable, "best_step": state["best_step"], "best_score": state["best_score"],
