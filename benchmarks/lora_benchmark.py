@@ -76,7 +76,7 @@ def main() -> None:
     p.add_argument("--free-batch-size", type=int, default=16, help="free generation batch size")
     p.add_argument("--call-cost", default="auto",
                    help="constrained decoding's per-call cost in token slots (tokner.lora.decoding.chunk_width): "
-                        "a number, 'none' (always the longest chunk) or 'auto' (16 on CPU, none on GPU)")
+                        "a number, 'none' (always the longest chunk) or 'auto' (32 on CPU, none on GPU)")
     p.add_argument("--modes", default="constrained,free")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--output")
@@ -89,8 +89,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    call_cost = {"auto": "auto", "none": None}.get(args.call_cost.lower()) if args.call_cost.lower() in ("auto", "none") \
-        else float(args.call_cost)
+    call_cost = args.call_cost.lower()
+    call_cost = None if call_cost == "none" else call_cost if call_cost == "auto" else float(call_cost)
     t0 = time.perf_counter()
     nlp = spacy.load(args.model)
     pipe = next(proc for _, proc in nlp.pipeline if type(proc).__name__ == "LoraNER")

@@ -21,6 +21,7 @@ from spacy.util import minibatch
 
 from ..scorer import ALL_LABELS
 from ..tags import sentence_token_lists, spans_from_tags
+from .decoding import check_call_cost
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,10 @@ class LoraNER:
             raise ValueError(f"[{name}] decoding must be one of {DECODINGS}, got {decoding!r}")
         if not labels:
             raise ValueError(f"[{name}] needs at least one label")
-        if not (call_cost is None or call_cost == "auto"
-                or (isinstance(call_cost, (int, float)) and not isinstance(call_cost, bool) and call_cost >= 0)):
-            raise ValueError(f"[{name}] call_cost must be 'auto', null or a number >= 0, got {call_cost!r}")
+        try:
+            check_call_cost(call_cost)
+        except ValueError as e:
+            raise ValueError(f"[{name}] {e}") from None
         self.nlp = nlp
         self.name = name
         self.cfg: Dict[str, Any] = {

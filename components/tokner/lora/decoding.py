@@ -263,6 +263,14 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> List[List[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def check_call_cost(call_cost: Union[float, str, None]) -> Union[float, str, None]:
+    """``call_cost`` unchanged when valid: ``"auto"``, None or a number >= 0."""
+    if call_cost is None or call_cost == "auto" or (
+            isinstance(call_cost, (int, float)) and not isinstance(call_cost, bool) and call_cost >= 0):
+        return call_cost
+    raise ValueError(f"call_cost must be 'auto', null or a number >= 0, got {call_cost!r}")
+
+
 def default_call_cost(model) -> Optional[float]:
     """:func:`chunk_width`'s call cost for the model's device: 32 token slots on a CPU, None
     elsewhere. Fitted on SmolLM2-135M, one core, batches of 32, with
@@ -289,10 +297,8 @@ def constrained_decode(model, codec: PromptCodec, sentences: Sequence[Sequence[s
             results[i] = ([], [])
     batches = length_batches([len(sentences[i]) for i in todo], batch_size)
     head_kv = head_cache(model, codec) if share_head and batches else None
-    if call_cost == "auto":
+    if check_call_cost(call_cost) == "auto":
         call_cost = default_call_cost(model)
-    elif isinstance(call_cost, str):
-        raise ValueError(f"call_cost must be a number, None or 'auto', got {call_cost!r}")
     for batch in tqdm(batches, desc="constrained decoding", unit="batch", disable=not progress):
         idx = [todo[j] for j in batch]
         out, st = constrained_decode_batch(model, codec, [sentences[i] for i in idx], bio=bio, head_kv=head_kv,
