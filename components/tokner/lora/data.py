@@ -4,12 +4,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Iterable, List, Mapping, Sequence, Tuple
 
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..tags import doc_tags, sentence_token_lists
+from ..tags import doc_tags, sentence_token_lists, spans_from_tags
 from .prompt import PromptCodec, clean_tags
 
 IGNORE = -100
@@ -46,7 +46,7 @@ def oversample_indices(tag_lists: Sequence[Sequence[str]], factors: Mapping[str,
             raise ValueError(f"oversample: factor for {label!r} must be an integer >= 1, got {k!r}")
     out: List[int] = []
     for i, tags in enumerate(tag_lists):
-        present = {t[2:] for t in tags if t[:2] in ("B-", "I-")}
+        present = {label for _, _, label in spans_from_tags(tags)}
         out += [i] * max([factors.get(label, 1) for label in present] + [1])
     return out
 

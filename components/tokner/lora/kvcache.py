@@ -3,9 +3,9 @@
 Both decoders feed short chunks through a growing KV cache. With transformers'
 defaults every call copies the whole cache twice per layer: ``DynamicCache`` appends
 with ``torch.cat``, and SDPA attention repeats the key/value heads of grouped-query
-models (SmolLM2-135M: 9 query heads, 3 key/value heads) with ``repeat_kv``. Profiled
-on SmolLM2-135M, one core, 64 dev sentences in batches of 32: those copies took about
-12% of constrained decoding time.
+models (SmolLM2-135M: 9 query heads, 3 key/value heads) with ``repeat_kv``. On
+SmolLM2-135M, one core, 64 dev sentences in batches of 32, constrained decoding took
+94.4 s without grouped attention and 63.1 s with it (README, "LoRA-tuned generation").
 
 * :class:`GrowingCache` keeps each layer's keys/values in a buffer that doubles when
   full and returns views, so an append copies only the new chunk.
