@@ -43,3 +43,25 @@ def test_evaluate_then_compare(ruler_model, capsys):
 def test_compare_reports_missing_metrics(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics for 'x' not found"):
         main(["compare", str(tmp_path / "r"), "--metrics", f"x={tmp_path / 'nope.json'}"])
+
+
+def test_evaluate_in_slices_then_score_docs_equals_one_run(ruler_model):
+    d = ruler_model
+    assert main(["evaluate", str(d / "model"), str(d / "dev.spacy"), "--output", str(d / "all.json")]) == 0
+    for part, docs in (("a", "0:3"), ("b", "3:")):
+        assert main(["evaluate", str(d / "model"), str(d / "dev.spacy"), "--docs", docs, "--output",
+                     str(d / f"{part}.json"), "--save-docs", str(d / f"{part}.spacy")]) == 0
+    parts = [json.loads((d / f"{p}.json").read_text()) for p in "ab"]
+    assert [p["docs"] for p in parts] == [3, 5] and parts[1]["doc_slice"] == "3:"
+    assert main(["score-docs", str(d / "dev.spacy"), str(d / "a.spacy"), str(d / "b.spacy"),
+                 "--output", str(d / "joined.json")]) == 0
+    whole, joined = json.loads((d / "all.json").read_text()), json.loads((d / "joined.json").read_text())
+    assert joined["docs"] == 8
+    assert joined["spans_paper_per_type"] == whole["spans_paper_per_type"]
+    with pytest.raises(SystemExit, match="5 predicted docs .* but 8 gold docs"):
+        main(["score-docs", str(d / "dev.spacy"), str(d / "b.spacy")])
+    with pytest.raises(SystemExit, match="b.spacy: doc 0 does not have the text of gold doc 0"):
+        main(["score-docs", str(d / "dev.spacy"), str(d / "b.spacy"), "--docs", "0:5"])
+    assert main(["score-docs", str(d / "dev.spacy"), str(d / "b.spacy"), "--docs", "3:8"]) == 0
+    with pytest.raises(SystemExit, match="--docs"):
+        main(["evaluate", str(d / "model"), str(d / "dev.spacy"), "--docs", "first"])

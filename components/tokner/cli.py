@@ -81,7 +81,7 @@ def _cmd_stats(args) -> int:
 def _cmd_evaluate(args) -> int:
     import spacy
 
-    from .evaluation import evaluate_pipeline, format_table, load_gold_docs
+    from .evaluation import evaluate_pipeline, format_table, load_gold_docs, parse_doc_slice
 
     if args.gpu_id >= 0:
         spacy.require_gpu(args.gpu_id)
@@ -94,12 +94,17 @@ def _cmd_evaluate(args) -> int:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
+    try:
+        docs = parse_doc_slice(args.docs)
+    except ValueError as e:
+        raise SystemExit(f"--docs: {e}") from None
     nlp = spacy.load(args.model, config=overrides)
-    gold = load_gold_docs(Path(args.data), nlp)
+    gold = load_gold_docs(Path(args.data), nlp)[docs]
     scores, examples = evaluate_pipeline(nlp, gold, batch_size=args.batch_size, limit=args.limit)
     scores["model"] = str(args.model)
     scores["overrides"] = overrides
     scores["data"] = str(args.data)
+    scores["doc_slice"] = args.docs
     print(format_table(scores))
     if args.save_docs:
         from spacy.tokens import DocBin
@@ -121,6 +126,43 @@ def _cmd_evaluate(args) -> int:
             if args.test_output:
                 Path(args.test_output).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.test_output).write_text(json.dumps(test_scores, indent=2) + "\n")
+    return 0
+
+
+def _cmd_score_docs(args) -> int:
+    import spacy
+    from spacy.tokens import DocBin
+    from spacy.training import Example
+
+    from .evaluation import format_table, load_gold_docs, parse_doc_slice
+    from .scorer import score_paper_ner
+
+    try:
+        docs = parse_doc_slice(args.docs)
+    except ValueError as e:
+        raise SystemExit(f"--docs: {e}") from None
+    nlp = spacy.blank("en")
+    gold = load_gold_docs(Path(args.gold), nlp)[docs]
+    predicted = []
+    for path in args.predicted:
+        if not Path(path).exists():
+            raise SystemExit(f"predicted DocBin not found: {path}")
+        predicted += [(path, i, d) for i, d in enumerate(DocBin().from_disk(path).get_docs(nlp.vocab))]
+    if len(predicted) != len(gold):
+        raise SystemExit(f"{len(predicted)} predicted docs in {', '.join(args.predicted)} but {len(gold)} gold docs "
+                         f"in {args.gold} [{args.docs}]")
+    examples = []
+    for (path, i, pred), g in zip(predicted, gold):
+        if pred.text != g.text:
+            raise SystemExit(f"{path}: doc {i} does not have the text of gold doc {len(examples)} of {args.gold} "
+                             f"[{args.docs}] ({pred.text[:40]!r} vs {g.text[:40]!r})")
+        examples.append(Example(pred, g))
+    scores = score_paper_ner(examples)
+    scores.update({"docs": len(examples), "data": args.gold, "doc_slice": args.docs, "predicted": args.predicted})
+    print(format_table(scores))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(scores, indent=2) + "\n")
     return 0
 
 
@@ -227,11 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gpu-id", type=int, default=-1)
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--limit", type=int, default=0, help="only the first N documents")
+    e.add_argument("--docs", default=":", help="only these documents, as a Python slice START:END (before --limit)")
     e.add_argument("--set", action="append", help="config override for the loaded pipeline, e.g. components.tokner_lora_ner.decoding=free")
     e.add_argument("--test", help="also evaluate on this test split when it exists (skipped with a note otherwise)")
     e.add_argument("--test-output", help="metrics JSON for --test")
     e.add_argument("--save-docs", help="also write the predicted Docs as a DocBin (for `compare`'s displaCy pages)")
     e.set_defaults(func=_cmd_evaluate)
+
+    d = sub.add_parser("score-docs", help="score saved predicted Docs (evaluate --save-docs) against gold")
+    d.add_argument("gold", help="gold DocBin, BRAT folder or IOB CSV")
+    d.add_argument("predicted", nargs="+", help="predicted DocBins, concatenated in order")
+    d.add_argument("--docs", default=":", help="the gold documents they cover, as START:END (default all)")
+    d.add_argument("--output", help="metrics JSON")
+    d.set_defaults(func=_cmd_score_docs)
 
     o = sub.add_parser("score-outputs", help="score a ######-separated 'token : label' file against an IOB CSV")
     o.add_argument("answers")

@@ -34,6 +34,17 @@ def load_gold_docs(path: Path, nlp: Language) -> List[Doc]:
     return list(DocBin().from_disk(path).get_docs(nlp.vocab))
 
 
+def parse_doc_slice(text: str) -> slice:
+    """``"START:END"`` (either part may be empty, negatives count from the end) as a slice."""
+    parts = str(text).split(":")
+    if len(parts) != 2:
+        raise ValueError(f"expected documents as START:END (either may be empty), got {text!r}")
+    try:
+        return slice(*(int(x) if x.strip() else None for x in parts))
+    except ValueError:
+        raise ValueError(f"expected integers in START:END, got {text!r}") from None
+
+
 def evaluate_pipeline(
     nlp: Language,
     gold_docs: Sequence[Doc],

@@ -1,6 +1,9 @@
 """``python -m tokner.lora train CONFIG OUTPUT [--resume] [--lora.max_minutes 25] [--paths.train ...]``
+``python -m tokner.lora tune-bias MODEL DATA [--docs 0:52] [--output JSON] [--save DIR]``
 
 Extra ``--section.key value`` arguments override the config, as in ``spacy train``.
+``tune-bias`` picks the constrained decoder's per-type ``label_bias`` on gold data
+(see :mod:`tokner.lora.bias`) and can write a copy of the pipeline that uses it.
 """
 from __future__ import annotations
 
@@ -23,14 +26,58 @@ def main(argv: Optional[List[str]] = None) -> int:
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("-v", "--verbose", action="store_true")
+    b = sub.add_parser("tune-bias", help="choose the constrained decoder's per-type label_bias on gold data")
+    b.add_argument("model", help="a pipeline directory with a tokner_lora_ner pipe")
+    b.add_argument("data", help="gold DocBin, BRAT folder or IOB CSV (dev: never tune on test)")
+    b.add_argument("--docs", default=":", help="documents to tune on, as a Python slice START:END (default all)")
+    b.add_argument("--metric", default="paper_avg_f", help="score to maximise (default paper_avg_f)")
+    b.add_argument("--output", help="write the result as JSON")
+    b.add_argument("--save", help="write a copy of the pipeline with the chosen label_bias here")
+    b.add_argument("--no-progress", action="store_true")
+    b.add_argument("-v", "--verbose", action="store_true")
     args, extra = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "tune-bias":
+        if extra:
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+        return tune_bias_command(args)
     overrides = parse_config_overrides(extra)
     from .train import train
 
     summary = train(args.config, args.output, overrides, resume=args.resume, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=2, default=str))
+    return 0
+
+
+def tune_bias_command(args) -> int:
+    from pathlib import Path
+
+    import spacy
+    import srsly
+
+    from ..evaluation import load_gold_docs, parse_doc_slice
+    from .bias import tune_label_bias
+    from .component import LoraNER
+
+    try:
+        docs = parse_doc_slice(args.docs)
+    except ValueError as e:
+        raise SystemExit(f"--docs: {e}") from None
+    nlp = spacy.load(args.model)
+    docs = load_gold_docs(Path(args.data), nlp)[docs]
+    result = tune_label_bias(nlp, docs, metric=args.metric, progress=not args.no_progress)
+    result.update({"model": args.model, "data": args.data, "doc_slice": args.docs})
+    if args.save:
+        name = next(n for n, pipe in nlp.pipeline if isinstance(pipe, LoraNER))
+        nlp.get_pipe(name).cfg["label_bias"] = dict(result["label_bias"])
+        nlp.config["components"][name]["label_bias"] = dict(result["label_bias"])
+        nlp.to_disk(args.save)
+        result["saved"] = args.save
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        srsly.write_json(args.output, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "decode"}, indent=2))
     return 0
 
 

@@ -52,7 +52,8 @@ class DecodeStats:
 
 
 class _Row:
-    __slots__ = ("words", "i", "node", "prev", "allowed", "pending", "tags", "probs", "prob", "pos", "choices", "done")
+    __slots__ = ("words", "i", "node", "prev", "allowed", "pending", "tags", "probs", "prob", "pos", "choices", "bias",
+                 "done")
 
     def __init__(self, words: Sequence[str]):
         self.words = list(words)
@@ -63,10 +64,47 @@ class _Row:
         self.prob = 1.0
         self.pos = 0
         self.choices: List[Tuple[int, TrieNode]] = []
+        self.bias: Optional[List[float]] = None
         self.done = False
 
 
-def _advance(row: _Row, codec: PromptCodec, bio: bool) -> None:
+def check_label_bias(label_bias: Optional[Dict[str, float]], labels: Sequence[str]) -> Dict[str, float]:
+    """``label_bias`` as a plain dict, keys ``"O"`` or one of ``labels``, values finite numbers."""
+    if not label_bias:
+        return {}
+    if not isinstance(label_bias, dict):
+        raise ValueError(f"label_bias must map 'O' or an entity label to a number, got {label_bias!r}")
+    out = {}
+    for key, value in label_bias.items():
+        if key != "O" and key not in labels:
+            raise ValueError(f"label_bias key {key!r} is neither 'O' nor one of the labels {list(labels)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"label_bias[{key!r}] must be a finite number, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def choice_biases(choices: Sequence[Tuple[int, TrieNode]], allowed, label_bias: Dict[str, float]) -> Optional[List[float]]:
+    """Log-probability offsets of a decision's choices under ``label_bias`` (None: all zero).
+
+    ``label_bias["O"]`` goes to a choice whose allowed tags are all ``O`` (so it trades
+    ``O`` against starting or continuing an entity); ``label_bias[X]`` goes to a choice
+    whose allowed tags are all of type ``X``, at a node that chooses between entity
+    types only (no ``O`` below it), i.e. where a new entity's type is picked.
+    """
+    if not label_bias:
+        return None
+    kinds = []
+    for _, child in choices:
+        types = {t if t == "O" else t[2:] for t in child.tags if t in allowed}
+        kinds.append(types.pop() if len(types) == 1 else None)
+    type_node = "O" not in kinds and all(k is not None for k in kinds)
+    bias = [label_bias.get("O", 0.0) if k == "O" else
+            label_bias.get(k, 0.0) if (type_node and k is not None) else 0.0 for k in kinds]
+    return bias if any(bias) else None
+
+
+def _advance(row: _Row, codec: PromptCodec, bio: bool, label_bias: Optional[Dict[str, float]] = None) -> None:
     """Follow forced trie edges (and finished labels) until a branching point or the end."""
     while True:
         node = row.node
@@ -89,6 +127,7 @@ def _advance(row: _Row, codec: PromptCodec, bio: bool) -> None:
             row.node = kids[0][1]
             continue
         row.choices = kids
+        row.bias = choice_biases(kids, row.allowed, label_bias) if label_bias else None
         return
 
 
@@ -167,12 +206,17 @@ def _choice_logits(hidden, head, rows) -> List["torch.Tensor"]:
 
 
 def constrained_decode_batch(model, codec: PromptCodec, sentences: Sequence[Sequence[str]], bio: bool = True,
-                             head_kv=None, call_cost: Optional[float] = None):
+                             head_kv=None, call_cost: Optional[float] = None,
+                             label_bias: Optional[Dict[str, float]] = None, trace: Optional[list] = None):
     """Tags and per-word tag probabilities for a batch of word lists (all non-empty).
 
     ``head_kv`` (from :func:`head_cache`) starts every row from the cached instruction
     instead of feeding it again; ``call_cost`` caps each call's width
-    (:func:`chunk_width`). Neither changes the result.
+    (:func:`chunk_width`). Neither changes the result. ``label_bias`` (see
+    :func:`choice_biases`) is added to the choices' log-probabilities before the
+    argmax; the probability kept is the model's own. ``trace``, when a list, gets one
+    ``(row, word index, [allowed tags per choice], [log-probabilities], chosen)``
+    tuple per decision.
     """
     import torch
 
@@ -191,9 +235,10 @@ def constrained_decode_batch(model, codec: PromptCodec, sentences: Sequence[Sequ
         row.pending = prompt + codec.word_ids(words[0], True)
         row.pos = n_head
         row.allowed = set(allowed_tags(codec.tags, "O", bio))
-        _advance(row, codec, bio)
+        _advance(row, codec, bio, label_bias)
         rows.append(row)
     device = next(model.parameters()).device
+    row_index = {id(r): i for i, r in enumerate(rows)}
     active = [r for r in rows if not r.done]
     cache = GrowingCache()
     mask: Optional["torch.Tensor"] = None
@@ -234,19 +279,22 @@ def constrained_decode_batch(model, codec: PromptCodec, sentences: Sequence[Sequ
             # rows that fed only a prefix of their chunk make no decision on this call
             for (b, tids), logits in zip(deciding, choice_logits):
                 r = active[b]
-                p = torch.softmax(logits, dim=-1)
-                if not torch.isfinite(p).all():  # degenerate weights: fall back to the first choice
+                logp = torch.log_softmax(logits, dim=-1)
+                if not torch.isfinite(logp).all():  # degenerate weights: fall back to the first choice
                     k = 0
                     pk = 1.0 / len(tids)
                 else:
-                    k = int(torch.argmax(p))
-                    pk = float(p[k])
+                    k = int(torch.argmax(logp if r.bias is None else logp + torch.tensor(r.bias)))
+                    pk = float(logp[k].exp())
                 stats.decisions += 1
+                if trace is not None:
+                    trace.append((row_index[id(r)], r.i, [tuple(t for t in c.tags if t in r.allowed) for _, c in r.choices],
+                                  logp.tolist(), k))
                 tid, child = r.choices[k]
                 r.prob *= pk
                 r.pending = [tid]
                 r.node = child
-                _advance(r, codec, bio)
+                _advance(r, codec, bio, label_bias)
             keep = [b for b, r in enumerate(active) if not r.done]
             if len(keep) < n and keep:
                 index = torch.tensor(keep, dtype=torch.long, device=device)
@@ -281,15 +329,18 @@ def default_call_cost(model) -> Optional[float]:
 
 def constrained_decode(model, codec: PromptCodec, sentences: Sequence[Sequence[str]], batch_size: int = 16,
                        bio: bool = True, progress: bool = False, share_head: bool = True,
-                       call_cost: Union[float, str, None] = "auto"):
+                       call_cost: Union[float, str, None] = "auto", label_bias: Optional[Dict[str, float]] = None,
+                       trace: Optional[list] = None):
     """:func:`constrained_decode_batch` over length-sorted batches, results in input order.
 
     ``call_cost``: see :func:`chunk_width`; ``"auto"`` picks :func:`default_call_cost`
-    for the model's device.
+    for the model's device. ``label_bias`` and ``trace``: see
+    :func:`constrained_decode_batch` (trace rows are indices into ``sentences``).
     """
     from tqdm import tqdm
 
     results: List[Optional[Tuple[List[str], List[float]]]] = [None] * len(sentences)
+    label_bias = check_label_bias(label_bias, codec.labels)
     stats = DecodeStats()
     todo = [i for i, s in enumerate(sentences) if len(s)]
     for i, s in enumerate(sentences):
@@ -301,8 +352,11 @@ def constrained_decode(model, codec: PromptCodec, sentences: Sequence[Sequence[s
         call_cost = default_call_cost(model)
     for batch in tqdm(batches, desc="constrained decoding", unit="batch", disable=not progress):
         idx = [todo[j] for j in batch]
+        local: Optional[list] = [] if trace is not None else None
         out, st = constrained_decode_batch(model, codec, [sentences[i] for i in idx], bio=bio, head_kv=head_kv,
-                                           call_cost=call_cost)
+                                           call_cost=call_cost, label_bias=label_bias, trace=local)
+        if local:
+            trace.extend((idx[row],) + tuple(rest) for row, *rest in local)
         stats.merge(st)
         for i, o in zip(idx, out):
             results[i] = o

@@ -113,11 +113,36 @@ def load_training_config(config_path, overrides: Optional[Dict[str, Any]] = None
     return nlp, resolved, settings
 
 
+def score_sentence_tags(gold_docs: Sequence[Doc], index: Sequence[Sequence[Sequence[int]]],
+                        sentence_tags: Sequence[Sequence[str]]) -> Dict[str, Any]:
+    """Paper scores of per-sentence tags against gold docs.
+
+    ``index[d]`` lists doc ``d``'s sentences as token indices
+    (:func:`tokner.tags.sentence_token_lists`); ``sentence_tags`` holds one tag list per
+    sentence, in doc then sentence order. Tokens outside those sentences count as ``O``.
+    """
+    from ..scorer import score_paper_ner
+    from ..tags import spans_from_tags
+
+    it = iter(sentence_tags)
+    examples = []
+    for gold, ss in zip(gold_docs, index):
+        pred = Doc(gold.vocab, words=[t.text for t in gold], spaces=[bool(t.whitespace_) for t in gold],
+                   sent_starts=[bool(t.is_sent_start) for t in gold])
+        tags = ["O"] * len(pred)
+        for s in ss:
+            for i, t in zip(s, next(it)):
+                tags[i] = t
+        spans = spans_from_tags(tags, [bool(t.is_sent_start) for t in pred], [t.is_space for t in pred])
+        pred.ents = [pred.char_span(pred[s].idx, pred[e - 1].idx + len(pred[e - 1]), label=l) for s, e, l in spans]
+        examples.append(Example(pred, gold))
+    return score_paper_ner(examples)
+
+
 def evaluate_adapter(model, codec, gold_docs: Sequence[Doc], batch_size: int, bio: bool = True,
                      progress: bool = False) -> Dict[str, Any]:
     """Paper scores of constrained decoding on gold docs (their own tokens and sentences)."""
-    from ..scorer import score_paper_ner
-    from ..tags import sentence_token_lists, spans_from_tags
+    from ..tags import sentence_token_lists
     from .decoding import constrained_decode
 
     was_training = model.training
@@ -126,19 +151,7 @@ def evaluate_adapter(model, codec, gold_docs: Sequence[Doc], batch_size: int, bi
     index = [sentence_token_lists(d) for d in gold_docs]
     sents = [[d[i].text for i in s] for d, ss in zip(gold_docs, index) for s in ss]
     results, stats = constrained_decode(model, codec, sents, batch_size=batch_size, bio=bio, progress=progress)
-    it = iter(results)
-    examples = []
-    for gold, ss in zip(gold_docs, index):
-        pred = Doc(gold.vocab, words=[t.text for t in gold], spaces=[bool(t.whitespace_) for t in gold],
-                   sent_starts=[bool(t.is_sent_start) for t in gold])
-        tags = ["O"] * len(pred)
-        for s in ss:
-            for i, t in zip(s, next(it)[0]):
-                tags[i] = t
-        spans = spans_from_tags(tags, [bool(t.is_sent_start) for t in pred], [t.is_space for t in pred])
-        pred.ents = [pred.char_span(pred[s].idx, pred[e - 1].idx + len(pred[e - 1]), label=l) for s, e, l in spans]
-        examples.append(Example(pred, gold))
-    scores = score_paper_ner(examples)
+    scores = score_sentence_tags(gold_docs, index, [tags for tags, _ in results])
     if was_training:
         model.train()
     out = {k: v for k, v in scores.items() if isinstance(v, float)}

@@ -1,0 +1,145 @@
+"""Choosing the constrained decoder's ``label_bias`` on dev data.
+
+A LoRA adapter trained for a fraction of an epoch under-predicts the rare types
+(SYMPTOM, SKINRAREDISEASE): where the decoder picks a new entity's type it prefers
+the frequent neighbour (SIGN, RAREDISEASE). ``label_bias`` adds a per-type offset to
+those log-probabilities (a prior correction; see
+:func:`tokner.lora.decoding.choice_biases`).
+
+:func:`tune_label_bias` picks the type offsets from one traced decoding pass: the
+trace holds the log-probabilities of every type decision, so any bias can be
+replayed offline by re-deciding those choices and relabelling the entity (its
+``B-`` tag and the ``I-`` tags that continue it). The replay keeps the decoder's
+other decisions as recorded, while a real run would see the changed label in the
+model's context, so the replayed scores are an estimate: confirm the chosen bias
+with a real run (``tokner evaluate MODEL DATA --set
+components.tokner_lora_ner.label_bias='{...}'``), on documents the bias was not
+chosen on. The ``O`` offset changes where entities start, which a replay cannot
+follow, so it is not tuned here (set it by hand if wanted).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+logger = logging.getLogger(__name__)
+
+#: Offsets tried for each type (log-probability units).
+DEFAULT_GRID = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+
+Decision = Tuple[int, int, List[str], List[float]]  # sentence, word, type per choice, log-probabilities
+
+
+def type_decisions(trace: Sequence[tuple]) -> List[Decision]:
+    """The trace's type decisions: every choice leads to tags of one entity type, no ``O``."""
+    out = []
+    for sent, word, choice_tags, logp, _chosen in trace:
+        types = []
+        for tags in choice_tags:
+            kinds = {t if t == "O" else t[2:] for t in tags}
+            if len(kinds) != 1 or "O" in kinds:
+                break
+            types.append(kinds.pop())
+        else:
+            if len(set(types)) > 1:
+                out.append((sent, word, types, list(logp)))
+    return out
+
+
+def replay(sentence_tags: Sequence[Sequence[str]], decisions: Sequence[Decision], bias: Dict[str, float],
+           bio: bool = True) -> List[List[str]]:
+    """Tags with every type decision re-made under ``bias`` (the entity relabelled)."""
+    out = [list(t) for t in sentence_tags]
+    for sent, word, types, logp in decisions:
+        k = max(range(len(types)), key=lambda j: logp[j] + bias.get(types[j], 0.0))
+        tags = out[sent]
+        old = tags[word]
+        if old == "O" or old[2:] == types[k]:
+            continue
+        new_type = types[k]
+        tags[word] = old[:2] + new_type
+        if bio:
+            j = word + 1
+            while j < len(tags) and tags[j] == "I-" + old[2:]:
+                tags[j] = "I-" + new_type
+                j += 1
+    return out
+
+
+def coordinate_search(score: Callable[[Dict[str, float]], float], labels: Sequence[str],
+                      grid: Sequence[float] = DEFAULT_GRID, rounds: int = 2) -> Tuple[Dict[str, float], float]:
+    """Best ``{label: offset}`` by coordinate ascent over ``grid`` (ties: the smaller offset)."""
+    bias = {label: 0.0 for label in labels}
+    best = score(bias)
+    for _ in range(rounds):
+        changed = False
+        for label in labels:
+            for value in sorted(grid, key=abs):
+                if value == bias[label]:
+                    continue
+                trial = dict(bias, **{label: value})
+                s = score(trial)
+                if s > best + 1e-12:
+                    best, bias, changed = s, trial, True
+        if not changed:
+            break
+    return {k: v for k, v in bias.items() if v}, best
+
+
+def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str = "paper_avg_f",
+                    grid: Sequence[float] = DEFAULT_GRID, rounds: int = 2, progress: bool = True) -> Dict[str, Any]:
+    """Trace one constrained decoding pass of ``nlp``'s LoRA pipe over ``gold_docs`` and
+    search type offsets that maximise ``metric`` on the replayed tags.
+
+    Returns the chosen ``label_bias``, the replayed scores with and without it, and the
+    number of type decisions it was chosen on.
+    """
+    from ..tags import sentence_token_lists
+    from .component import LoraNER
+    from .decoding import constrained_decode
+    from .train import score_sentence_tags
+
+    names = [n for n, p in nlp.pipeline if isinstance(p, LoraNER)] if pipe_name is None else [pipe_name]
+    if len(names) != 1:
+        raise ValueError(f"expected one tokner_lora_ner pipe, found {names or 'none'}: pass pipe_name")
+    pipe = nlp.get_pipe(names[0])
+    if not isinstance(pipe, LoraNER):
+        raise ValueError(f"pipe {names[0]!r} is not a tokner_lora_ner component")
+    if not gold_docs:
+        raise ValueError("no gold documents to tune on")
+    index = [sentence_token_lists(d) for d in gold_docs]
+    sents = [[d[i].text for i in s] for d, ss in zip(gold_docs, index) for s in ss]
+    trace: list = []
+    bio = pipe.cfg["bio_constraint"]
+    results, stats = constrained_decode(pipe.lm, pipe.codec, sents, pipe.cfg["batch_size"], bio=bio,
+                                        progress=progress, call_cost=pipe.cfg["call_cost"], trace=trace)
+    base_tags = [tags for tags, _ in results]
+    decisions = type_decisions(trace)
+    cache: Dict[Tuple, Dict[str, Any]] = {}
+
+    def scores_for(bias: Dict[str, float]) -> Dict[str, Any]:
+        key = tuple(sorted((k, v) for k, v in bias.items() if v))
+        if key not in cache:
+            cache[key] = score_sentence_tags(gold_docs, index, replay(base_tags, decisions, dict(key), bio))
+        return cache[key]
+
+    before = scores_for({})
+    if metric not in before:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(k for k in before if k.startswith('paper'))}")
+    bias, _ = coordinate_search(lambda b: scores_for(b)[metric], pipe.labels, grid, rounds)
+    after = scores_for(bias)
+    keep = ("paper_avg_f", "paper_micro5_f", "paper_micro_f")
+    per_type = lambda s: {k: round(v["f"], 4) for k, v in s.get("spans_paper_per_type", {}).items()}  # noqa: E731
+    return {
+        "label_bias": bias,
+        "metric": metric,
+        "docs": len(gold_docs),
+        "sentences": len(sents),
+        "type_decisions": len(decisions),
+        "existing_label_bias": pipe.cfg.get("label_bias") or {},
+        "replayed_without_bias": {k: before[k] for k in keep},
+        "replayed_with_bias": {k: after[k] for k in keep},
+        "replayed_per_type_without": per_type(before),
+        "replayed_per_type_with": per_type(after),
+        "decode": stats.to_dict(),
+    }
