@@ -178,6 +178,9 @@ def test_tune_bias_command_writes_a_pipeline_that_uses_the_bias(trained, tmp_pat
                  "--output", str(result_path), "--save", str(saved), "--no-progress"]) == 0
     result = json.loads(result_path.read_text())
     assert result["docs"] == 2 and result["type_decisions"] >= 0
+    # ANAPHOR is outside the paper's five types, so it is not tuned
+    assert result["tuned_labels"] == ["DISEASE", "RAREDISEASE", "SKINRAREDISEASE", "SIGN", "SYMPTOM"]
+    assert set(result["label_bias"]) <= set(result["tuned_labels"])
     assert result["replayed_with_bias"]["paper_avg_f"] >= result["replayed_without_bias"]["paper_avg_f"]
     assert json.loads(capsys.readouterr().out)["label_bias"] == result["label_bias"]
     nlp = spacy.load(saved)
@@ -188,5 +191,8 @@ def test_tune_bias_command_writes_a_pipeline_that_uses_the_bias(trained, tmp_pat
     a = spacy.load(saved, config={"components": {"tokner_lora_ner": {"label_bias": bias}}})
     b = spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"label_bias": bias}}})
     assert [(e.start, e.end, e.label_) for e in a(text).ents] == [(e.start, e.end, e.label_) for e in b(text).ents]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="--docs"):
         main(["tune-bias", str(out / "model-best"), str(out.parent / "train.spacy"), "--docs", "two"])
+    with pytest.raises(ValueError, match="FEVER"):
+        main(["tune-bias", str(out / "model-best"), str(out.parent / "train.spacy"), "--labels", "SIGN,FEVER",
+              "--no-progress"])

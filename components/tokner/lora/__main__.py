@@ -31,6 +31,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     b.add_argument("data", help="gold DocBin, BRAT folder or IOB CSV (dev: never tune on test)")
     b.add_argument("--docs", default=":", help="documents to tune on, as a Python slice START:END (default all)")
     b.add_argument("--metric", default="paper_avg_f", help="score to maximise (default paper_avg_f)")
+    b.add_argument("--labels", help="comma-separated types to tune (default: the pipe's labels among the paper's five)")
     b.add_argument("--output", help="write the result as JSON")
     b.add_argument("--save", help="write a copy of the pipeline with the chosen label_bias here")
     b.add_argument("--no-progress", action="store_true")
@@ -66,7 +67,8 @@ def tune_bias_command(args) -> int:
         raise SystemExit(f"--docs: {e}") from None
     nlp = spacy.load(args.model)
     docs = load_gold_docs(Path(args.data), nlp)[docs]
-    result = tune_label_bias(nlp, docs, metric=args.metric, progress=not args.no_progress)
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
+    result = tune_label_bias(nlp, docs, metric=args.metric, labels=labels, progress=not args.no_progress)
     result.update({"model": args.model, "data": args.data, "doc_slice": args.docs})
     if args.save:
         name = next(n for n, pipe in nlp.pipeline if isinstance(pipe, LoraNER))

@@ -87,13 +87,20 @@ def coordinate_search(score: Callable[[Dict[str, float]], float], labels: Sequen
 
 
 def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str = "paper_avg_f",
-                    grid: Sequence[float] = DEFAULT_GRID, rounds: int = 2, progress: bool = True) -> Dict[str, Any]:
+                    labels: Optional[Sequence[str]] = None, grid: Sequence[float] = DEFAULT_GRID, rounds: int = 2,
+                    progress: bool = True) -> Dict[str, Any]:
     """Trace one constrained decoding pass of ``nlp``'s LoRA pipe over ``gold_docs`` and
     search type offsets that maximise ``metric`` on the replayed tags.
+
+    ``labels``: the types whose offsets are searched; by default the pipe's labels
+    among the paper's five. Types outside the metric (ANAPHOR for the paper's scores)
+    stay at 0: a search over them would only learn to move wrong predictions into a
+    type that is not scored.
 
     Returns the chosen ``label_bias``, the replayed scores with and without it, and the
     number of type decisions it was chosen on.
     """
+    from ..scorer import PAPER_LABELS
     from ..tags import sentence_token_lists
     from .component import LoraNER
     from .decoding import constrained_decode
@@ -107,6 +114,11 @@ def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str
         raise ValueError(f"pipe {names[0]!r} is not a tokner_lora_ner component")
     if not gold_docs:
         raise ValueError("no gold documents to tune on")
+    if labels is None:
+        labels = [label for label in pipe.labels if label in PAPER_LABELS]
+    unknown = [label for label in labels if label not in pipe.labels]
+    if unknown or not labels:
+        raise ValueError(f"labels to tune must be some of the pipe's labels {list(pipe.labels)}, got {list(labels)}")
     index = [sentence_token_lists(d) for d in gold_docs]
     sents = [[d[i].text for i in s] for d, ss in zip(gold_docs, index) for s in ss]
     trace: list = []
@@ -126,13 +138,14 @@ def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str
     before = scores_for({})
     if metric not in before:
         raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(k for k in before if k.startswith('paper'))}")
-    bias, _ = coordinate_search(lambda b: scores_for(b)[metric], pipe.labels, grid, rounds)
+    bias, _ = coordinate_search(lambda b: scores_for(b)[metric], labels, grid, rounds)
     after = scores_for(bias)
     keep = ("paper_avg_f", "paper_micro5_f", "paper_micro_f")
     per_type = lambda s: {k: round(v["f"], 4) for k, v in s.get("spans_paper_per_type", {}).items()}  # noqa: E731
     return {
         "label_bias": bias,
         "metric": metric,
+        "tuned_labels": list(labels),
         "docs": len(gold_docs),
         "sentences": len(sents),
         "type_decisions": len(decisions),

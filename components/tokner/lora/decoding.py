@@ -10,7 +10,9 @@ position ids, finished rows dropped from the cache). Rows' pending chunks differ
 length, and on a CPU every pad slot costs as much as a real token, so each call's
 width is chosen by :func:`chunk_width` (rows with a longer chunk feed a prefix and
 decide on a later call; the tags are the same). The output is always one valid tag
-per word, with its probability under the constrained distribution.
+per word, with its probability under the constrained distribution. ``label_bias``
+(:func:`choice_biases`) shifts the choices' log-probabilities by label before the
+argmax, a prior correction for types the model under-predicts.
 
 Free generation (the paper's setting): greedy ``generate`` of the whole answer,
 parsed and aligned to the words by :func:`tokner.align.align_answer`.
