@@ -32,6 +32,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     b.add_argument("--docs", default=":", help="documents to tune on, as a Python slice START:END (default all)")
     b.add_argument("--metric", default="paper_avg_f", help="score to maximise (default paper_avg_f)")
     b.add_argument("--labels", help="comma-separated types to tune (default: the pipe's labels among the paper's five)")
+    b.add_argument("--o-values", default="0", help="comma-separated 'O' offsets to try, one decoding pass each "
+                   "(default 0: no O offset)")
     b.add_argument("--output", help="write the result as JSON")
     b.add_argument("--save", help="write a copy of the pipeline with the chosen label_bias here")
     b.add_argument("--no-progress", action="store_true")
@@ -68,7 +70,12 @@ def tune_bias_command(args) -> int:
     nlp = spacy.load(args.model)
     docs = load_gold_docs(Path(args.data), nlp)[docs]
     labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
-    result = tune_label_bias(nlp, docs, metric=args.metric, labels=labels, progress=not args.no_progress)
+    try:
+        o_values = [float(x) for x in args.o_values.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--o-values expects comma-separated numbers, got {args.o_values!r}") from None
+    result = tune_label_bias(nlp, docs, metric=args.metric, labels=labels, o_values=o_values,
+                             progress=not args.no_progress)
     result.update({"model": args.model, "data": args.data, "doc_slice": args.docs})
     if args.save:
         name = next(n for n, pipe in nlp.pipeline if isinstance(pipe, LoraNER))
@@ -79,7 +86,8 @@ def tune_bias_command(args) -> int:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         srsly.write_json(args.output, result)
-    print(json.dumps({k: v for k, v in result.items() if k != "decode"}, indent=2))
+    short = dict(result, passes=[{k: v for k, v in p.items() if k != "decode"} for p in result["passes"]])
+    print(json.dumps(short, indent=2))
     return 0
 
 

@@ -88,22 +88,27 @@ def coordinate_search(score: Callable[[Dict[str, float]], float], labels: Sequen
 
 def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str = "paper_avg_f",
                     labels: Optional[Sequence[str]] = None, grid: Sequence[float] = DEFAULT_GRID, rounds: int = 2,
-                    progress: bool = True) -> Dict[str, Any]:
-    """Trace one constrained decoding pass of ``nlp``'s LoRA pipe over ``gold_docs`` and
-    search type offsets that maximise ``metric`` on the replayed tags.
+                    o_values: Sequence[float] = (0.0,), progress: bool = True) -> Dict[str, Any]:
+    """Choose ``label_bias`` for ``nlp``'s LoRA pipe on ``gold_docs``.
+
+    For each ``"O"`` offset in ``o_values`` one traced constrained decoding pass runs
+    with that offset (a real run: the ``O`` offset moves entity boundaries, which a
+    replay cannot follow); on each pass a coordinate search picks the type offsets that
+    maximise ``metric`` on the replayed tags. The best pass wins.
 
     ``labels``: the types whose offsets are searched; by default the pipe's labels
     among the paper's five. Types outside the metric (ANAPHOR for the paper's scores)
     stay at 0: a search over them would only learn to move wrong predictions into a
     type that is not scored.
 
-    Returns the chosen ``label_bias``, the replayed scores with and without it, and the
-    number of type decisions it was chosen on.
+    Returns the chosen ``label_bias``, per pass the decoded scores (``O`` offset only,
+    exact) and the replayed scores with the type offsets (estimates), and the number
+    of type decisions each search saw.
     """
     from ..scorer import PAPER_LABELS
     from ..tags import sentence_token_lists
     from .component import LoraNER
-    from .decoding import constrained_decode
+    from .decoding import check_label_bias, constrained_decode
     from .train import score_sentence_tags
 
     names = [n for n, p in nlp.pipeline if isinstance(p, LoraNER)] if pipe_name is None else [pipe_name]
@@ -119,40 +124,57 @@ def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str
     unknown = [label for label in labels if label not in pipe.labels]
     if unknown or not labels:
         raise ValueError(f"labels to tune must be some of the pipe's labels {list(pipe.labels)}, got {list(labels)}")
+    o_values = list(dict.fromkeys(float(o) for o in o_values))
+    if not o_values:
+        raise ValueError("o_values needs at least one 'O' offset (0.0: none)")
+    check_label_bias({"O": o for o in o_values if o} or None, pipe.labels)
     index = [sentence_token_lists(d) for d in gold_docs]
     sents = [[d[i].text for i in s] for d, ss in zip(gold_docs, index) for s in ss]
-    trace: list = []
     bio = pipe.cfg["bio_constraint"]
-    results, stats = constrained_decode(pipe.lm, pipe.codec, sents, pipe.cfg["batch_size"], bio=bio,
-                                        progress=progress, call_cost=pipe.cfg["call_cost"], trace=trace)
-    base_tags = [tags for tags, _ in results]
-    decisions = type_decisions(trace)
-    cache: Dict[Tuple, Dict[str, Any]] = {}
-
-    def scores_for(bias: Dict[str, float]) -> Dict[str, Any]:
-        key = tuple(sorted((k, v) for k, v in bias.items() if v))
-        if key not in cache:
-            cache[key] = score_sentence_tags(gold_docs, index, replay(base_tags, decisions, dict(key), bio))
-        return cache[key]
-
-    before = scores_for({})
-    if metric not in before:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(k for k in before if k.startswith('paper'))}")
-    bias, _ = coordinate_search(lambda b: scores_for(b)[metric], labels, grid, rounds)
-    after = scores_for(bias)
     keep = ("paper_avg_f", "paper_micro5_f", "paper_micro_f")
     per_type = lambda s: {k: round(v["f"], 4) for k, v in s.get("spans_paper_per_type", {}).items()}  # noqa: E731
+    passes = []
+    for o in o_values:
+        trace: list = []
+        o_bias = {"O": o} if o else {}
+        results, stats = constrained_decode(pipe.lm, pipe.codec, sents, pipe.cfg["batch_size"], bio=bio,
+                                            progress=progress, call_cost=pipe.cfg["call_cost"], label_bias=o_bias,
+                                            trace=trace)
+        base_tags = [tags for tags, _ in results]
+        decisions = type_decisions(trace)
+        cache: Dict[Tuple, Dict[str, Any]] = {}
+
+        def scores_for(bias: Dict[str, float]) -> Dict[str, Any]:
+            key = tuple(sorted((k, v) for k, v in bias.items() if v))
+            if key not in cache:
+                cache[key] = score_sentence_tags(gold_docs, index, replay(base_tags, decisions, dict(key), bio))
+            return cache[key]
+
+        decoded = scores_for({})
+        if metric not in decoded:
+            raise ValueError(f"unknown metric {metric!r}; choose one of "
+                             f"{sorted(k for k in decoded if k.startswith('paper'))}")
+        type_bias, _ = coordinate_search(lambda b: scores_for(b)[metric], labels, grid, rounds)
+        after = scores_for(type_bias)
+        passes.append({
+            "O": o, "type_bias": type_bias, "type_decisions": len(decisions),
+            "decoded": {k: decoded[k] for k in keep}, "decoded_per_type": per_type(decoded),
+            "replayed_with_type_bias": {k: after[k] for k in keep}, "replayed_per_type": per_type(after),
+            "decode": stats.to_dict(),
+        })
+        logger.info("O offset %s: decoded %s %.4f, with type offsets %s %.4f (replayed)", o, metric, decoded[metric],
+                    type_bias, after[metric])
+    best = max(passes, key=lambda p: p["replayed_with_type_bias"][metric])
+    bias = dict(best["type_bias"])
+    if best["O"]:
+        bias = {"O": best["O"], **bias}
     return {
         "label_bias": bias,
         "metric": metric,
         "tuned_labels": list(labels),
         "docs": len(gold_docs),
         "sentences": len(sents),
-        "type_decisions": len(decisions),
         "existing_label_bias": pipe.cfg.get("label_bias") or {},
-        "replayed_without_bias": {k: before[k] for k in keep},
-        "replayed_with_bias": {k: after[k] for k in keep},
-        "replayed_per_type_without": per_type(before),
-        "replayed_per_type_with": per_type(after),
-        "decode": stats.to_dict(),
+        "estimate": best["replayed_with_type_bias"],
+        "passes": passes,
     }
