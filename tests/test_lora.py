@@ -175,7 +175,7 @@ def test_tune_bias_command_writes_a_pipeline_that_uses_the_bias(trained, tmp_pat
         spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"label_bias": {"FEVER": 1}}}})
     result_path, saved = tmp_path / "bias.json", tmp_path / "biased"
     assert main(["tune-bias", str(out / "model-best"), str(out.parent / "train.spacy"), "--docs", "0:2",
-                 "--o-values", "0,-1", "--output", str(result_path), "--save", str(saved), "--no-progress"]) == 0
+                 "--o-values", "0,-1", "--folds", "2", "--output", str(result_path), "--save", str(saved), "--no-progress"]) == 0
     result = json.loads(result_path.read_text())
     assert result["docs"] == 2 and [p["O"] for p in result["passes"]] == [0.0, -1.0]
     best = max(result["passes"], key=lambda p: p["replayed_with_type_bias"]["paper_avg_f"])
@@ -183,6 +183,9 @@ def test_tune_bias_command_writes_a_pipeline_that_uses_the_bias(trained, tmp_pat
     assert result["label_bias"].get("O", 0.0) == best["O"]
     for p in result["passes"]:
         assert p["replayed_with_type_bias"]["paper_avg_f"] >= p["decoded"]["paper_avg_f"]
+    cross = result["cross_fitted"]
+    assert cross["O"] == best["O"] and [f["docs"] for f in cross["folds"]] == ["0:1", "1:2"]
+    assert set(cross["replayed"]) == {"paper_avg_f", "paper_micro5_f", "paper_micro_f"}
     # ANAPHOR is outside the paper's five types, so it is not tuned
     assert result["tuned_labels"] == ["DISEASE", "RAREDISEASE", "SKINRAREDISEASE", "SIGN", "SYMPTOM"]
     assert set(result["label_bias"]) - {"O"} <= set(result["tuned_labels"])

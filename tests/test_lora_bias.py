@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tokner.lora.bias import coordinate_search, replay, type_decisions  # noqa: E402
+from tokner.lora.bias import coordinate_search, fold_slices, replay, type_decisions  # noqa: E402
 from tokner.lora.decoding import check_label_bias, constrained_decode  # noqa: E402
 from tokner.lora.prompt import PromptCodec  # noqa: E402
 from tokner.scorer import ALL_LABELS  # noqa: E402
@@ -88,3 +88,14 @@ def test_coordinate_search_finds_the_grid_optimum():
     bias, best = coordinate_search(score, ["A", "B", "C"], grid=(-1.0, -0.5, 0.0, 0.5, 1.0, 2.0))
     assert bias == {"A": 1.0, "B": -0.5}  # C stays at 0 and is left out
     assert best == pytest.approx(0.0)
+
+
+def test_fold_slices_cover_the_documents_once():
+    assert fold_slices(5, 2) == [slice(0, 2), slice(2, 5)] or fold_slices(5, 2) == [slice(0, 3), slice(3, 5)]
+    for n, k in ((104, 2), (104, 5), (7, 7)):
+        covered = [i for f in fold_slices(n, k) for i in range(n)[f]]
+        assert covered == list(range(n))
+    with pytest.raises(ValueError, match="folds"):
+        fold_slices(3, 4)
+    with pytest.raises(ValueError, match="folds"):
+        fold_slices(3, 1)

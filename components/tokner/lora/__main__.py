@@ -34,6 +34,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     b.add_argument("--labels", help="comma-separated types to tune (default: the pipe's labels among the paper's five)")
     b.add_argument("--o-values", default="0", help="comma-separated 'O' offsets to try, one decoding pass each "
                    "(default 0: no O offset)")
+    b.add_argument("--folds", type=int, default=0, help="also estimate out-of-fold: offsets chosen on the other "
+                   "folds, replayed on each fold (0: off)")
     b.add_argument("--output", help="write the result as JSON")
     b.add_argument("--save", help="write a copy of the pipeline with the chosen label_bias here")
     b.add_argument("--no-progress", action="store_true")
@@ -75,7 +77,7 @@ def tune_bias_command(args) -> int:
     except ValueError:
         raise SystemExit(f"--o-values expects comma-separated numbers, got {args.o_values!r}") from None
     result = tune_label_bias(nlp, docs, metric=args.metric, labels=labels, o_values=o_values,
-                             progress=not args.no_progress)
+                             folds=args.folds, progress=not args.no_progress)
     result.update({"model": args.model, "data": args.data, "doc_slice": args.docs})
     if args.save:
         name = next(n for n, pipe in nlp.pipeline if isinstance(pipe, LoraNER))
