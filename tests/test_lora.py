@@ -194,12 +194,20 @@ def test_tune_bias_command_writes_a_pipeline_that_uses_the_bias(trained, tmp_pat
         main(["tune-bias", str(out / "model-best"), str(out.parent / "train.spacy"), "--o-values", "low"])
     nlp = spacy.load(saved)
     assert nlp.get_pipe("tokner_lora_ner").cfg["label_bias"] == result["label_bias"]
-    # the saved copy predicts what the original does with the same override
-    bias = {"SYMPTOM": 3.0, "O": -0.5}
+    # a saved bias is in the saved config and is used: the copy predicts what the original
+    # does with the same override
+    from tokner.lora.bias import save_with_label_bias
+
+    bias = {"O": -1e4, "SYMPTOM": 1e4}
+    save_with_label_bias(out / "model-best", bias, tmp_path / "forced")
+    assert spacy.util.load_config(tmp_path / "forced" / "config.cfg")["components"]["tokner_lora_ner"]["label_bias"] == bias
     text = TEXTS[0][0] + " " + TEXTS[1][0]
-    a = spacy.load(saved, config={"components": {"tokner_lora_ner": {"label_bias": bias}}})
+    a = spacy.load(tmp_path / "forced")
     b = spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"label_bias": bias}}})
-    assert [(e.start, e.end, e.label_) for e in a(text).ents] == [(e.start, e.end, e.label_) for e in b(text).ents]
+    assert a.get_pipe("tokner_lora_ner").cfg["label_bias"] == bias
+    ents = [(e.start, e.end, e.label_) for e in a(text).ents]
+    assert ents == [(e.start, e.end, e.label_) for e in b(text).ents]
+    assert ents and {label for _, _, label in ents} == {"SYMPTOM"}
     with pytest.raises(SystemExit, match="--docs"):
         main(["tune-bias", str(out / "model-best"), str(out.parent / "train.spacy"), "--docs", "two"])
     with pytest.raises(ValueError, match="FEVER"):

@@ -62,7 +62,7 @@ def tune_bias_command(args) -> int:
     import srsly
 
     from ..evaluation import load_gold_docs, parse_doc_slice
-    from .bias import tune_label_bias
+    from .bias import save_with_label_bias, tune_label_bias
     from .component import LoraNER
 
     try:
@@ -81,9 +81,7 @@ def tune_bias_command(args) -> int:
     result.update({"model": args.model, "data": args.data, "doc_slice": args.docs})
     if args.save:
         name = next(n for n, pipe in nlp.pipeline if isinstance(pipe, LoraNER))
-        nlp.get_pipe(name).cfg["label_bias"] = dict(result["label_bias"])
-        nlp.config["components"][name]["label_bias"] = dict(result["label_bias"])
-        nlp.to_disk(args.save)
+        save_with_label_bias(args.model, result["label_bias"], args.save, name)
         result["saved"] = args.save
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

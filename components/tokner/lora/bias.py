@@ -20,6 +20,7 @@ follow, so it is not tuned here (set it by hand if wanted).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,30 @@ def coordinate_search(score: Callable[[Dict[str, float]], float], labels: Sequen
         if not changed:
             break
     return {k: v for k, v in bias.items() if v}, best
+
+
+def save_with_label_bias(model_path, label_bias: Dict[str, float], output_path, pipe_name: Optional[str] = None):
+    """Write a copy of the pipeline at ``model_path`` whose LoRA pipe uses ``label_bias``.
+
+    The pipeline is loaded with the bias as a config override, so the saved
+    ``config.cfg`` carries it (the pipe's ``cfg.json`` only fills settings the config
+    lacks). Returns the loaded copy.
+    """
+    import spacy
+
+    from .component import LoraNER
+
+    if pipe_name is None:
+        names = [n for n, f in spacy.util.load_config(Path(model_path) / "config.cfg")["components"].items()
+                 if f.get("factory") == "tokner_lora_ner"]
+        if len(names) != 1:
+            raise ValueError(f"expected one tokner_lora_ner pipe in {model_path}, found {names or 'none'}")
+        pipe_name = names[0]
+    nlp = spacy.load(model_path, config={"components": {pipe_name: {"label_bias": dict(label_bias)}}})
+    if not isinstance(nlp.get_pipe(pipe_name), LoraNER):
+        raise ValueError(f"pipe {pipe_name!r} in {model_path} is not a tokner_lora_ner component")
+    nlp.to_disk(output_path)
+    return nlp
 
 
 def fold_slices(n_docs: int, folds: int) -> List[slice]:
