@@ -208,6 +208,17 @@ def test_tune_bias_command_writes_a_pipeline_that_uses_the_bias(trained, tmp_pat
     ents = [(e.start, e.end, e.label_) for e in a(text).ents]
     assert ents == [(e.start, e.end, e.label_) for e in b(text).ents]
     assert ents and {label for _, _, label in ents} == {"SYMPTOM"}
+    # a pipeline saved before label_bias existed (no such key in its config) gets it too
+    from thinc.api import Config
+
+    old = tmp_path / "old"
+    shutil.copytree(out / "model-best", old)
+    config = Config().from_disk(old / "config.cfg", interpolate=False)
+    del config["components"]["tokner_lora_ner"]["label_bias"]
+    config.to_disk(old / "config.cfg")
+    assert "label_bias" not in (old / "config.cfg").read_text()
+    nlp = save_with_label_bias(old, bias, tmp_path / "old-biased")
+    assert [(e.start, e.end, e.label_) for e in nlp(text).ents] == ents
     with pytest.raises(SystemExit, match="--docs"):
         main(["tune-bias", str(out / "model-best"), str(out.parent / "train.spacy"), "--docs", "two"])
     with pytest.raises(ValueError, match="FEVER"):

@@ -80,12 +80,13 @@ def tune_bias_command(args) -> int:
                              folds=args.folds, progress=not args.no_progress)
     result.update({"model": args.model, "data": args.data, "doc_slice": args.docs})
     if args.save:
-        name = next(n for n, pipe in nlp.pipeline if isinstance(pipe, LoraNER))
-        save_with_label_bias(args.model, result["label_bias"], args.save, name)
         result["saved"] = args.save
-    if args.output:
+    if args.output:  # before saving: a failed save keeps the (slow) result
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         srsly.write_json(args.output, result)
+    if args.save:
+        name = next(n for n, pipe in nlp.pipeline if isinstance(pipe, LoraNER))
+        save_with_label_bias(args.model, result["label_bias"], args.save, name)
     short = dict(result, passes=[{k: v for k, v in p.items() if k != "decode"} for p in result["passes"]])
     print(json.dumps(short, indent=2))
     return 0

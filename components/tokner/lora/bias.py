@@ -90,24 +90,35 @@ def coordinate_search(score: Callable[[Dict[str, float]], float], labels: Sequen
 def save_with_label_bias(model_path, label_bias: Dict[str, float], output_path, pipe_name: Optional[str] = None):
     """Write a copy of the pipeline at ``model_path`` whose LoRA pipe uses ``label_bias``.
 
-    The pipeline is loaded with the bias as a config override, so the saved
-    ``config.cfg`` carries it (the pipe's ``cfg.json`` only fills settings the config
-    lacks). Returns the loaded copy.
+    The bias is written into the copy's ``config.cfg`` (which ``spacy.load`` reads; the
+    pipe's ``cfg.json`` only fills settings the config lacks) and its ``cfg.json``; it
+    works for pipelines saved before ``label_bias`` existed too. Returns the copy, loaded.
     """
     import spacy
+    import srsly
+    from thinc.api import Config
 
-    from .component import LoraNER
+    from .decoding import check_label_bias
 
+    model_path, output_path = Path(model_path), Path(output_path)
+    config = Config().from_disk(model_path / "config.cfg", interpolate=False)
+    names = [n for n, c in config["components"].items() if c.get("factory") == "tokner_lora_ner"]
     if pipe_name is None:
-        names = [n for n, f in spacy.util.load_config(Path(model_path) / "config.cfg")["components"].items()
-                 if f.get("factory") == "tokner_lora_ner"]
         if len(names) != 1:
             raise ValueError(f"expected one tokner_lora_ner pipe in {model_path}, found {names or 'none'}")
         pipe_name = names[0]
-    nlp = spacy.load(model_path, config={"components": {pipe_name: {"label_bias": dict(label_bias)}}})
-    if not isinstance(nlp.get_pipe(pipe_name), LoraNER):
+    elif pipe_name not in names:
         raise ValueError(f"pipe {pipe_name!r} in {model_path} is not a tokner_lora_ner component")
-    nlp.to_disk(output_path)
+    bias = check_label_bias(dict(label_bias), config["components"][pipe_name].get("labels", ()))
+    spacy.load(model_path).to_disk(output_path)
+    config["components"][pipe_name]["label_bias"] = bias
+    config.to_disk(output_path / "config.cfg")
+    cfg_path = output_path / pipe_name / "cfg.json"
+    if cfg_path.exists():
+        srsly.write_json(cfg_path, dict(srsly.read_json(cfg_path), label_bias=bias))
+    nlp = spacy.load(output_path)
+    if nlp.get_pipe(pipe_name).cfg.get("label_bias") != bias:
+        raise RuntimeError(f"{output_path}: the saved pipeline does not load label_bias {bias}")
     return nlp
 
 
