@@ -174,9 +174,10 @@ def test_tune_bias_command_writes_a_pipeline_that_uses_the_bias(trained, tmp_pat
     with pytest.raises(ValueError, match="label_bias"):
         spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"label_bias": {"FEVER": 1}}}})
     result_path, saved = tmp_path / "bias.json", tmp_path / "biased"
-    assert main(["tune-bias", str(out / "model-best"), str(out.parent / "train.spacy"), "--docs", "0:2",
+    assert main(["tune-bias", str(out / "model-best"), str(out.parent / "train.spacy"), "--docs", "1:3",
                  "--o-values", "0,-1", "--folds", "2", "--output", str(result_path), "--save", str(saved), "--no-progress"]) == 0
     result = json.loads(result_path.read_text())
+    assert json.loads(capsys.readouterr().out)["label_bias"] == result["label_bias"]
     assert result["docs"] == 2 and [p["O"] for p in result["passes"]] == [0.0, -1.0]
     best = max(result["passes"], key=lambda p: p["replayed_with_type_bias"]["paper_avg_f"])
     assert result["estimate"] == best["replayed_with_type_bias"]
@@ -184,12 +185,27 @@ def test_tune_bias_command_writes_a_pipeline_that_uses_the_bias(trained, tmp_pat
     for p in result["passes"]:
         assert p["replayed_with_type_bias"]["paper_avg_f"] >= p["decoded"]["paper_avg_f"]
     cross = result["cross_fitted"]
-    assert cross["O"] == best["O"] and [f["docs"] for f in cross["folds"]] == ["0:1", "1:2"]
+    assert cross["O"] == best["O"] and [f["docs"] for f in cross["folds"]] == ["0:1", "1:2"]  # of the tuned docs
     assert set(cross["replayed"]) == {"paper_avg_f", "paper_micro5_f", "paper_micro_f"}
+    # the real cross-fitted run: each fold decoded by a copy with the other fold's offsets
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lora_bias_crossfit", ROOT / "benchmarks" / "lora_bias_crossfit.py")
+    crossfit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(crossfit)
+    assert crossfit.main([str(out / "model-best"), str(out.parent / "train.spacy"), str(result_path), "--jobs", "2",
+                          "--keep", str(tmp_path / "cf"), "--output", str(tmp_path / "cf.json")]) == 0
+    cf = json.loads((tmp_path / "cf.json").read_text())
+    assert cf["docs"] == 2 and [f["doc_slice"] for f in cf["folds"]] == ["1:2", "2:3"]
+    for k, f in enumerate(cf["folds"]):
+        assert f["docs"] == 1 and f["label_bias"] == dict(cross["folds"][k]["chosen_on_other_folds"],
+                                                           **({"O": cross["O"]} if cross["O"] else {}))
+        cfg = spacy.util.load_config(tmp_path / "cf" / f"fold{k}-model" / "config.cfg")
+        assert cfg["components"]["tokner_lora_ner"]["label_bias"] == f["label_bias"]
+    capsys.readouterr()
     # ANAPHOR is outside the paper's five types, so it is not tuned
     assert result["tuned_labels"] == ["DISEASE", "RAREDISEASE", "SKINRAREDISEASE", "SIGN", "SYMPTOM"]
     assert set(result["label_bias"]) - {"O"} <= set(result["tuned_labels"])
-    assert json.loads(capsys.readouterr().out)["label_bias"] == result["label_bias"]
     with pytest.raises(SystemExit, match="--o-values"):
         main(["tune-bias", str(out / "model-best"), str(out.parent / "train.spacy"), "--o-values", "low"])
     nlp = spacy.load(saved)
