@@ -181,6 +181,9 @@ class LoraNER:
                                             bio=self.cfg["bio_constraint"], progress=progress,
                                             call_cost=self.cfg["call_cost"], label_bias=self.cfg.get("label_bias"))
         else:
+            if self.cfg.get("label_bias"):
+                logger.warning("[%s] label_bias applies to constrained decoding only; free generation ignores it",
+                               self.name)
             out, stats = free_generate(self.lm, self.codec, sentences, self.cfg["batch_size"],
                                        self.cfg["max_new_tokens_factor"], progress=progress)
         self.last_stats = stats
