@@ -93,6 +93,13 @@ def sentence_token_lists(doc: Doc) -> List[List[int]]:
     return out
 
 
+
+def sentence_words(docs: Sequence[Doc]) -> Tuple[List[List[List[int]]], List[List[str]]]:
+    """(per doc :func:`sentence_token_lists`, the words of every sentence in doc order)."""
+    index = [sentence_token_lists(doc) for doc in docs]
+    words = [[doc[i].text for i in sent] for doc, sents in zip(docs, index) for sent in sents]
+    return index, words
+
 def sentence_tags(doc: Doc) -> List[List[str]]:
     """BIO tags of the non-whitespace tokens, one list per sentence (seqeval's input)."""
     tags = doc_tags(doc)

@@ -63,7 +63,6 @@ def tune_bias_command(args) -> int:
 
     from ..evaluation import load_gold_docs, parse_doc_slice
     from .bias import save_with_label_bias, tune_label_bias
-    from .component import LoraNER
 
     try:
         docs = parse_doc_slice(args.docs)
@@ -85,8 +84,7 @@ def tune_bias_command(args) -> int:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         srsly.write_json(args.output, result)
     if args.save:
-        name = next(n for n, pipe in nlp.pipeline if isinstance(pipe, LoraNER))
-        save_with_label_bias(args.model, result["label_bias"], args.save, name)
+        save_with_label_bias(args.model, result["label_bias"], args.save, result["pipe"])
     short = dict(result, passes=[{k: v for k, v in p.items() if k != "decode"} for p in result["passes"]])
     print(json.dumps(short, indent=2))
     return 0

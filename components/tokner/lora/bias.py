@@ -157,7 +157,7 @@ def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str
     of type decisions each search saw.
     """
     from ..scorer import PAPER_LABELS
-    from ..tags import sentence_token_lists
+    from ..tags import sentence_words
     from .component import LoraNER
     from .decoding import check_label_bias, constrained_decode
     from .train import score_sentence_tags
@@ -179,14 +179,13 @@ def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str
     if not o_values:
         raise ValueError("o_values needs at least one 'O' offset (0.0: none)")
     check_label_bias({"O": o for o in o_values if o} or None, pipe.labels)
-    index = [sentence_token_lists(d) for d in gold_docs]
-    sents = [[d[i].text for i in s] for d, ss in zip(gold_docs, index) for s in ss]
+    index, sents = sentence_words(gold_docs)
     bio = pipe.cfg["bio_constraint"]
     keep = ("paper_avg_f", "paper_micro5_f", "paper_micro_f")
     per_type = lambda s: {k: round(v["f"], 4) for k, v in s.get("spans_paper_per_type", {}).items()}  # noqa: E731
     fold_docs = fold_slices(len(gold_docs), folds) if folds else []
     sent_doc = [d for d, ss in enumerate(index) for _ in ss]
-    passes = []
+    passes, traced = [], []  # traced[i]: (tags, type decisions) of passes[i]
     for o in o_values:
         trace: list = []
         o_bias = {"O": o} if o else {}
@@ -210,17 +209,19 @@ def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str
         type_bias, _ = coordinate_search(lambda b: scores_for(b)[metric], labels, grid, rounds)
         after = scores_for(type_bias)
         passes.append({
-            "O": o, "type_bias": type_bias, "type_decisions": len(decisions), "_state": (base_tags, decisions),
+            "O": o, "type_bias": type_bias, "type_decisions": len(decisions),
             "decoded": {k: decoded[k] for k in keep}, "decoded_per_type": per_type(decoded),
             "replayed_with_type_bias": {k: after[k] for k in keep}, "replayed_per_type": per_type(after),
             "decode": stats.to_dict(),
         })
+        traced.append((base_tags, decisions))
         logger.info("O offset %s: decoded %s %.4f, with type offsets %s %.4f (replayed)", o, metric, decoded[metric],
                     type_bias, after[metric])
-    best = max(passes, key=lambda p: p["replayed_with_type_bias"][metric])
+    best_i = max(range(len(passes)), key=lambda i: passes[i]["replayed_with_type_bias"][metric])
+    best = passes[best_i]
     cross = None
     if fold_docs:
-        base_tags, decisions = best["_state"]
+        base_tags, decisions = traced[best_i]
         fold_of = [next(k for k, f in enumerate(fold_docs) if f.start <= sent_doc[i] < f.stop)
                    for i in range(len(sents))]
 
@@ -245,13 +246,12 @@ def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str
         crossed = score_sentence_tags(gold_docs, index, fold_tags)
         cross = {"O": best["O"], "folds": fold_bias, "replayed": {k: crossed[k] for k in keep},
                  "replayed_per_type": per_type(crossed)}
-    for p in passes:
-        p.pop("_state")
     bias = dict(best["type_bias"])
     if best["O"]:
         bias = {"O": best["O"], **bias}
     return {
         "label_bias": bias,
+        "pipe": names[0],
         "metric": metric,
         "tuned_labels": list(labels),
         "docs": len(gold_docs),

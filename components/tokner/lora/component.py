@@ -20,7 +20,7 @@ from spacy.tokens import Doc, Span, SpanGroup
 from spacy.util import minibatch
 
 from ..scorer import ALL_LABELS
-from ..tags import sentence_token_lists, spans_from_tags
+from ..tags import sentence_words, spans_from_tags
 from .decoding import check_call_cost, check_label_bias
 
 logger = logging.getLogger(__name__)
@@ -191,8 +191,7 @@ class LoraNER:
 
     def predict_docs(self, docs: Sequence[Doc], progress: bool = False) -> List[Doc]:
         docs = list(docs)
-        sent_index = [sentence_token_lists(doc) for doc in docs]
-        sentences = [[doc[i].text for i in sent] for doc, sents in zip(docs, sent_index) for sent in sents]
+        sent_index, sentences = sentence_words(docs)
         results = iter(self.predict_sentences(sentences, progress=progress) if sentences else [])
         for doc, sents in zip(docs, sent_index):
             tags = ["O"] * len(doc)

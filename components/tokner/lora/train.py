@@ -142,14 +142,13 @@ def score_sentence_tags(gold_docs: Sequence[Doc], index: Sequence[Sequence[Seque
 def evaluate_adapter(model, codec, gold_docs: Sequence[Doc], batch_size: int, bio: bool = True,
                      progress: bool = False) -> Dict[str, Any]:
     """Paper scores of constrained decoding on gold docs (their own tokens and sentences)."""
-    from ..tags import sentence_token_lists
+    from ..tags import sentence_words
     from .decoding import constrained_decode
 
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    index = [sentence_token_lists(d) for d in gold_docs]
-    sents = [[d[i].text for i in s] for d, ss in zip(gold_docs, index) for s in ss]
+    index, sents = sentence_words(gold_docs)
     results, stats = constrained_decode(model, codec, sents, batch_size=batch_size, bio=bio, progress=progress)
     scores = score_sentence_tags(gold_docs, index, [tags for tags, _ in results])
     if was_training:
