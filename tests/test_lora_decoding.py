@@ -76,6 +76,28 @@ def test_trie_needs_few_decisions(tokenizer):
     assert calls["O"] == 1 and max(calls.values()) <= 2
 
 
+@pytest.mark.parametrize("instruction", ["minimal", "short", "paper", "Label: {labels}."])
+@pytest.mark.parametrize("input_format", ["lines", "text"])
+def test_prompt_formats_encode_the_rendered_prompt(tokenizer, instruction, input_format):
+    from tokner.lora.prompt import INSTRUCTIONS, render_prompt, resolve_instruction
+    from tokner.paper_format import render_answer
+
+    words, tags = ["Alport", "syndrome", "causes", "pain", "."], ["B-RAREDISEASE", "I-RAREDISEASE", "O", "B-SYMPTOM", "O"]
+    codec = PromptCodec(tokenizer, ALL_LABELS, instruction, input_format)
+    text = resolve_instruction(instruction, ALL_LABELS)
+    expected = INSTRUCTIONS.get(instruction, instruction).replace("{labels}", ", ".join(ALL_LABELS))
+    assert text.startswith(expected) and "{labels}" not in text  # "paper" adds a line for ANAPHOR
+    prompt = tokenizer.decode(codec.prompt_ids(words), skip_special_tokens=True,  # a bos, if any
+                              clean_up_tokenization_spaces=False)
+    assert prompt == render_prompt(words, text, input_format)
+    body = prompt.split("### Input:\n", 1)[1]
+    assert body.startswith(" ".join(words) if input_format == "text" else "\n".join(words))
+    answer, _ = codec.answer_ids(words, tags)
+    assert tokenizer.decode(answer[:-1], clean_up_tokenization_spaces=False) == render_answer(words, tags)
+    if instruction == "minimal":  # the point of "minimal": a much shorter head than "short"
+        assert len(codec.head_ids()) < len(PromptCodec(tokenizer, ALL_LABELS, "short").head_ids()) / 2
+
+
 def test_batched_cache_decoding_equals_reference(tokenizer):
     codec = PromptCodec(tokenizer, ALL_LABELS)
     model = tiny_llama(len(tokenizer), seed=3, scale=4.0, layers=2, hidden=32)

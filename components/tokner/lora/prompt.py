@@ -46,7 +46,12 @@ PAPER_INSTRUCTION = (
     "O: If the entity does not fit into any of the above categories. "
 )
 
-INSTRUCTIONS = {"short": SHORT_INSTRUCTION, "paper": PAPER_INSTRUCTION}
+#: The shortest: with SmolLM2's tokenizer the prompt head is 20 tokens against 65 for
+#: ``"short"`` (a mean training sequence with ``"short"`` and ``"lines"`` is 226 tokens),
+#: and the head is fed with every training sentence.
+MINIMAL_INSTRUCTION = "Tag each token with its BIO clinical entity label."
+
+INSTRUCTIONS = {"minimal": MINIMAL_INSTRUCTION, "short": SHORT_INSTRUCTION, "paper": PAPER_INSTRUCTION}
 
 
 def bio_tags(labels: Sequence[str]) -> List[str]:
@@ -58,7 +63,7 @@ def bio_tags(labels: Sequence[str]) -> List[str]:
 
 
 def resolve_instruction(instruction: str, labels: Sequence[str]) -> str:
-    """``"short"`` / ``"paper"`` or a literal instruction (``{labels}`` is filled in)."""
+    """``"minimal"`` / ``"short"`` / ``"paper"`` or a literal instruction (``{labels}`` is filled in)."""
     text = INSTRUCTIONS.get(instruction, instruction)
     if instruction == "paper" and set(labels) - set(PAPER_LABELS):
         extra = ", ".join(sorted(set(labels) - set(PAPER_LABELS)))
