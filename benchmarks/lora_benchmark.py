@@ -78,7 +78,7 @@ def main() -> None:
                    help="constrained decoding's per-call cost in token slots (tokner.lora.decoding.chunk_width): "
                         "a number, 'none' (always the longest chunk) or 'auto' (32 on CPU, none on GPU)")
     p.add_argument("--modes", default="constrained,free")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the pipeline's torch_threads setting, else torch's default)")
     p.add_argument("--output")
     args = p.parse_args()
 
@@ -95,6 +95,8 @@ def main() -> None:
     nlp = spacy.load(args.model)
     pipe = next(proc for _, proc in nlp.pipeline if type(proc).__name__ == "LoraNER")
     pipe.cfg["call_cost"] = call_cost
+    if args.threads:  # the pipe sets its own torch_threads when the model loads: make it ours
+        pipe.cfg["torch_threads"] = args.threads
     _ = pipe.lm
     load_s = time.perf_counter() - t0
     sents = sentences_from_docs(load_gold_docs(Path(args.data), nlp), pipe.labels)[: args.n]
