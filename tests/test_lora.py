@@ -145,13 +145,17 @@ def test_call_cost_is_config_checked_and_keeps_predictions(trained):
     out, _, _ = trained
     with pytest.raises(ValueError, match="call_cost"):
         spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"call_cost": "fast"}}})
+    with pytest.raises(ValueError, match="speculate"):
+        spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"speculate": -1}}})
     text = TEXTS[0][0] + " " + TEXTS[1][0]
     ents = []
-    for cost in (None, 0.0, "auto"):
-        nlp = spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"call_cost": cost}}})
-        assert nlp.get_pipe("tokner_lora_ner").cfg["call_cost"] == cost
+    for cost, speculate in ((None, 0), (0.0, 0), ("auto", 0), ("auto", 8), (None, 3)):
+        nlp = spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"call_cost": cost,
+                                                                                        "speculate": speculate}}})
+        pipe = nlp.get_pipe("tokner_lora_ner")
+        assert pipe.cfg["call_cost"] == cost and pipe.cfg["speculate"] == speculate
         ents.append([(e.start, e.end, e.label_) for e in nlp(text).ents])
-    assert ents[0] == ents[1] == ents[2]
+    assert all(e == ents[0] for e in ents)
 
 
 def test_oversample_indices_repeat_sentences_by_their_rarest_label():

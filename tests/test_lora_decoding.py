@@ -106,20 +106,29 @@ def test_batched_cache_decoding_equals_reference(tokenizer):
              ["x"]]
     expected = [reference_decode(model, codec, s) for s in sents]
     probs = None
-    for batch_size, share_head, call_cost in ((1, False, None), (3, True, None), (4, False, None), (4, True, None),
-                                              (4, True, 0.0), (4, False, 3.0), (4, True, 128.0)):
+    calls = {}
+    for batch_size, share_head, call_cost, speculate in (
+            (1, False, None, 0), (3, True, None, 0), (4, False, None, 0), (4, True, None, 0), (4, True, 0.0, 0),
+            (4, False, 3.0, 0), (4, True, 128.0, 0), (1, True, None, 3), (4, True, None, 1), (4, True, None, 3),
+            (4, False, 3.0, 2), (4, True, 0.0, 20), (3, True, 8.0, 5)):
+        settings_ = (batch_size, share_head, call_cost, speculate)
         got, stats = constrained_decode(model, codec, sents, batch_size=batch_size, share_head=share_head,
-                                        call_cost=call_cost)
-        assert [t for t, _ in got] == expected, (batch_size, share_head, call_cost)
+                                        call_cost=call_cost, speculate=speculate)
+        assert [t for t, _ in got] == expected, settings_
         assert stats.fed_tokens <= stats.slot_tokens
+        assert stats.decisions >= stats.words  # every word's tag was decided (or verified) by the model
         flat = [p for _, ps in got for p in ps]
         if probs is None:
             probs = flat
-        assert flat == pytest.approx(probs, abs=1e-4), (batch_size, share_head, call_cost)
-        if call_cost == 0.0:  # no call overhead: never a pad slot in a call, so fewer slots than full width
+        assert flat == pytest.approx(probs, abs=1e-4), settings_
+        if call_cost == 0.0 and not speculate:  # no call overhead: never a pad slot in a call, so fewer slots
             assert stats.slot_tokens < full_slots
         if call_cost is None and batch_size == 4 and share_head:
-            full_slots = stats.slot_tokens
+            calls[speculate] = stats.model_calls
+            if not speculate:
+                full_slots = stats.slot_tokens
+    # guessing O ahead verifies several words per call: fewer calls, the same tags
+    assert calls[3] <= calls[1] < calls[0], calls
     from tokner.lora.decoding import split_head
     from tokner.lora.kvcache import use_grouped_attention
 
@@ -157,11 +166,12 @@ WORD = st.text(alphabet=st.sampled_from(list("abcXYZ019().,;:-'/%é’ ")), min_
     sentences=st.lists(st.lists(WORD, min_size=1, max_size=7), min_size=1, max_size=4),
     labels=st.lists(st.sampled_from(ALL_LABELS), min_size=1, max_size=6, unique=True),
     bio=st.booleans(),
+    speculate=st.sampled_from([0, 0, 1, 4]),
 )
-def test_constrained_decoding_always_valid(tokenizer, seed, scale, sentences, labels, bio):
+def test_constrained_decoding_always_valid(tokenizer, seed, scale, sentences, labels, bio, speculate):
     codec = PromptCodec(tokenizer, labels)
     model = tiny_llama(len(tokenizer), seed, scale)
-    out, stats = constrained_decode(model, codec, sentences, batch_size=3, bio=bio)
+    out, stats = constrained_decode(model, codec, sentences, batch_size=3, bio=bio, speculate=speculate)
     assert len(out) == len(sentences)
     for words, (tags, probs) in zip(sentences, out):
         assert len(tags) == len(words) == len(probs)

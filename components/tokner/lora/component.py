@@ -21,7 +21,7 @@ from spacy.util import minibatch
 
 from ..scorer import ALL_LABELS
 from ..tags import sentence_words, spans_from_tags
-from .decoding import check_call_cost, check_label_bias
+from .decoding import check_call_cost, check_label_bias, check_speculate
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class LoraNER:
         bio_constraint: bool = True,
         batch_size: int = 16,
         call_cost: Union[float, str, None] = "auto",
+        speculate: int = 8,
         label_bias: Optional[Dict[str, float]] = None,
         max_new_tokens_factor: float = 1.25,
         merge_adapter: bool = False,
@@ -62,6 +63,7 @@ class LoraNER:
             raise ValueError(f"[{name}] needs at least one label")
         try:
             check_call_cost(call_cost)
+            check_speculate(speculate)
             label_bias = check_label_bias(label_bias, labels)
         except ValueError as e:
             raise ValueError(f"[{name}] {e}") from None
@@ -70,7 +72,8 @@ class LoraNER:
         self.cfg: Dict[str, Any] = {
             "base_model": base_model, "labels": list(labels), "instruction": instruction,
             "input_format": input_format, "decoding": decoding, "bio_constraint": bio_constraint,
-            "batch_size": batch_size, "call_cost": call_cost, "label_bias": label_bias,
+            "batch_size": batch_size, "call_cost": call_cost, "speculate": speculate,
+            "label_bias": label_bias,
             "max_new_tokens_factor": max_new_tokens_factor,
             "merge_adapter": merge_adapter, "grouped_attention": grouped_attention, "device": device, "torch_dtype": torch_dtype,
             "load_in_4bit": load_in_4bit, "torch_threads": torch_threads, "spans_key": spans_key,
@@ -179,7 +182,8 @@ class LoraNER:
         if self.decoding == "constrained":
             out, stats = constrained_decode(self.lm, self.codec, sentences, self.cfg["batch_size"],
                                             bio=self.cfg["bio_constraint"], progress=progress,
-                                            call_cost=self.cfg["call_cost"], label_bias=self.cfg.get("label_bias"))
+                                            call_cost=self.cfg["call_cost"], label_bias=self.cfg.get("label_bias"),
+                                            speculate=self.cfg.get("speculate", 8))
         else:
             if self.cfg.get("label_bias"):
                 logger.warning("[%s] label_bias applies to constrained decoding only; free generation ignores it",
@@ -291,6 +295,7 @@ class LoraNER:
         "bio_constraint": True,
         "batch_size": 16,
         "call_cost": "auto",
+        "speculate": 8,
         "label_bias": {},
         "max_new_tokens_factor": 1.25,
         "merge_adapter": False,
@@ -316,6 +321,7 @@ def make_lora_ner(
     bio_constraint: bool,
     batch_size: int,
     call_cost: Union[float, str, None],
+    speculate: int,
     label_bias: Dict[str, float],
     max_new_tokens_factor: float,
     merge_adapter: bool,
@@ -330,7 +336,7 @@ def make_lora_ner(
     return LoraNER(
         nlp, name, base_model=base_model, adapter=adapter, labels=labels, instruction=instruction,
         input_format=input_format, decoding=decoding, bio_constraint=bio_constraint, batch_size=batch_size,
-        call_cost=call_cost, label_bias=label_bias, max_new_tokens_factor=max_new_tokens_factor, merge_adapter=merge_adapter,
+        call_cost=call_cost, speculate=speculate, label_bias=label_bias, max_new_tokens_factor=max_new_tokens_factor, merge_adapter=merge_adapter,
         grouped_attention=grouped_attention, device=device,
         torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, torch_threads=torch_threads, spans_key=spans_key, scorer=scorer,
     )
