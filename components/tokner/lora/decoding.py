@@ -437,7 +437,7 @@ def constrained_decode(model, codec: PromptCodec, sentences: Sequence[Sequence[s
     """:func:`constrained_decode_batch` over length-sorted batches, results in input order.
 
     ``call_cost``: see :func:`chunk_width`; ``"auto"`` picks :func:`default_call_cost`
-    for the model's device. ``label_bias`` and ``trace``: see
+    for the model's device. ``label_bias``, ``speculate`` and ``trace``: see
     :func:`constrained_decode_batch` (trace rows are indices into ``sentences``).
     """
     from tqdm import tqdm
