@@ -79,21 +79,20 @@ class _Row:
 class _Check:
     """A drafted ``O`` decision at ``offset`` in a row's pending chunk, and the row's state before it."""
 
-    __slots__ = ("offset", "choices", "bias", "allowed", "draft", "state")
+    __slots__ = ("offset", "draft", "word", "node", "prev", "allowed", "choices", "bias", "prob")
 
     def __init__(self, row: "_Row", draft: int):
         self.offset = len(row.pending) - 1  # the token whose output gives this decision's logits
-        self.choices = row.choices
-        self.bias = row.bias
-        self.allowed = row.allowed
-        self.draft = draft
-        self.state = (row.i, row.node, row.prev, row.allowed, len(row.tags), row.prob)
+        self.draft = draft  # index of the guessed choice in ``choices``
+        self.word = row.i  # also the index of the word's tag in ``row.tags``/``row.probs``
+        self.node, self.prev, self.allowed = row.node, row.prev, row.allowed
+        self.choices, self.bias, self.prob = row.choices, row.bias, row.prob
 
     def restore(self, row: "_Row") -> None:
-        row.i, row.node, row.prev, row.allowed, n, row.prob = self.state
-        del row.tags[n:]
-        del row.probs[n:]
-        row.choices, row.bias, row.done = self.choices, self.bias, False
+        row.i, row.node, row.prev, row.allowed = self.word, self.node, self.prev, self.allowed
+        row.choices, row.bias, row.prob, row.done = self.choices, self.bias, self.prob, False
+        del row.tags[self.word:]
+        del row.probs[self.word:]
 
 
 def check_label_bias(label_bias: Optional[Dict[str, float]], labels: Sequence[str]) -> Dict[str, float]:
@@ -377,9 +376,9 @@ def constrained_decode_batch(model, codec: PromptCodec, sentences: Sequence[Sequ
                         choose(r, *decide(r, r.i, r.allowed, lg, choices, bias))
                         break
                     r.checks.pop(0)
-                    k, pk = decide(r, check.state[0], check.allowed, lg, choices, bias)
+                    k, pk = decide(r, check.word, check.allowed, lg, choices, bias)
                     if k == check.draft:
-                        r.probs[check.state[4]] = pk
+                        r.probs[check.word] = pk
                         continue
                     # wrong guess: back to the state before it, masking out what was fed after it
                     check.restore(r)
