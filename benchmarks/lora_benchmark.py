@@ -1,7 +1,7 @@
 """Constrained vs free generation with the same LoRA adapter on the same dev sentences.
 
-    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/lora_benchmark.py training/lora/model-best corpus/dev.spacy \\
-        --n 200 --output metrics/lora_benchmark.json
+    OMP_NUM_THREADS=1 python benchmarks/lora_benchmark.py training/lora/model-best corpus/dev.spacy \\
+        --n 200 --threads 1 [--torch-dtype bfloat16] --output metrics/lora_benchmark.json
 
 Both modes decode the first N dev sentences (document order, the pipeline's own
 sentence/token units from the gold DocBin). Reported per mode: wall seconds,
@@ -116,7 +116,7 @@ def main() -> None:
     result = {"model": args.model, "data": args.data, "sentences": len(sents), "words": sum(len(w) for w, _ in sents),
               "base_model": pipe.cfg["base_model"], "merged": pipe.cfg["merge_adapter"],
               "torch_dtype": str(next(pipe.lm.parameters()).dtype).replace("torch.", ""), "call_cost": call_cost,
-              "speculate": pipe.cfg.get("speculate", 0), "threads": torch.get_num_threads(),
+              "speculate": pipe.cfg["speculate"], "threads": torch.get_num_threads(),
               "load_seconds": load_s, "peak_rss_mb_after_load": rss_mb()}
     for mode in args.modes.split(","):
         batch = args.batch_size if mode == "constrained" else args.free_batch_size

@@ -183,7 +183,7 @@ class LoraNER:
             out, stats = constrained_decode(self.lm, self.codec, sentences, self.cfg["batch_size"],
                                             bio=self.cfg["bio_constraint"], progress=progress,
                                             call_cost=self.cfg["call_cost"], label_bias=self.cfg.get("label_bias"),
-                                            speculate=self.cfg.get("speculate", 8))
+                                            speculate=self.cfg["speculate"])
         else:
             if self.cfg.get("label_bias"):
                 logger.warning("[%s] label_bias applies to constrained decoding only; free generation ignores it",
