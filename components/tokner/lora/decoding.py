@@ -332,7 +332,7 @@ def constrained_decode_batch(model, codec: PromptCodec, sentences: Sequence[Sequ
             ids = torch.full((n, width), codec.pad_id, dtype=torch.long)
             chunk_mask = torch.zeros((n, width), dtype=torch.long)
             pos = torch.zeros((n, width), dtype=torch.long)
-            # per row: (column, choices, bias, check or None) of each decision this call can read
+            # per row: (column, check) of each decision this call can read; check None: the row's real decision
             reads: List[list] = []
             fed: List[Tuple[int, int]] = []  # (tokens fed, position of the first)
             for b, r in enumerate(active):
@@ -342,9 +342,9 @@ def constrained_decode_batch(model, codec: PromptCodec, sentences: Sequence[Sequ
                 pos[b, :] = r.pos  # pads: any position, they are masked out as keys
                 pos[b, width - k:] = torch.arange(r.pos, r.pos + k)
                 fed.append((k, r.pos))
-                row_reads = [(width - k + c.offset, c.choices, c.bias, c) for c in r.checks if c.offset < k]
+                row_reads = [(width - k + c.offset, c) for c in r.checks if c.offset < k]
                 if k == len(r.pending) and not r.done:  # the chunk ends at a real decision
-                    row_reads.append((width - 1, r.choices, r.bias, None))
+                    row_reads.append((width - 1, None))
                 reads.append(row_reads)
                 r.pos += k
                 r.pending = r.pending[k:]
@@ -352,8 +352,8 @@ def constrained_decode_batch(model, codec: PromptCodec, sentences: Sequence[Sequ
             full_mask = chunk_mask if mask is None else torch.cat([mask, chunk_mask], dim=1)
             inputs = dict(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device),
                           past_key_values=cache, use_cache=True)
-            wanted = [(b, col, [tid for tid, _ in choices]) for b, row_reads in enumerate(reads)
-                      for col, choices, _, _ in row_reads]
+            wanted = [(b, col, [tid for tid, _ in (check or active[b]).choices]) for b, row_reads in enumerate(reads)
+                      for col, check in row_reads]
             last_only = all(col == width - 1 for _, col, _ in wanted)
             if split is not None:
                 out = split[0](**inputs)
@@ -371,12 +371,12 @@ def constrained_decode_batch(model, codec: PromptCodec, sentences: Sequence[Sequ
             for b, (r, row_reads) in enumerate(zip(active, reads)):
                 k_fed, first_pos = fed[b]
                 row_logits = [next(it) for _ in row_reads]
-                for (col, choices, bias, check), lg in zip(row_reads, row_logits):
+                for (col, check), lg in zip(row_reads, row_logits):
                     if check is None:  # the real decision at the chunk's end
-                        choose(r, *decide(r, r.i, r.allowed, lg, choices, bias))
+                        choose(r, *decide(r, r.i, r.allowed, lg, r.choices, r.bias))
                         break
                     r.checks.pop(0)
-                    k, pk = decide(r, check.word, check.allowed, lg, choices, bias)
+                    k, pk = decide(r, check.word, check.allowed, lg, check.choices, check.bias)
                     if k == check.draft:
                         r.probs[check.word] = pk
                         continue
