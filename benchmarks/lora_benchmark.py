@@ -75,7 +75,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32, help="constrained decoding batch size")
     p.add_argument("--free-batch-size", type=int, default=32, help="free generation batch size (32 was faster than 16 in float32 on this CPU)")
     p.add_argument("--call-cost", default="auto",
-                   help="constrained decoding's per-call cost in token slots (tokner.lora.decoding.chunk_width): "
+                   help="constrained decoding's per-call cost in token slots (tokner.decoding.constrained.chunk_width): "
                         "a number, 'none' (always the longest chunk) or 'auto' (32 on CPU, none on GPU)")
     p.add_argument("--speculate", type=int, default=None,
                    help="constrained decoding: words guessed O ahead and verified in the same call "

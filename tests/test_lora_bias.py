@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from tokner.lora.bias import coordinate_search, fold_slices, replay, type_decisions  # noqa: E402
-from tokner.lora.decoding import check_label_bias, constrained_decode  # noqa: E402
+from tokner.decoding.constrained import check_label_bias, constrained_decode  # noqa: E402
 from tokner.lora.prompt import PromptCodec  # noqa: E402
 from tokner.scorer import ALL_LABELS  # noqa: E402
 from tokner.tags import spans_from_tags  # noqa: E402

@@ -12,7 +12,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import spacy  # noqa: E402
 
-from tokner.lora.decoding import chunk_width, constrained_decode  # noqa: E402
+from tokner.decoding.constrained import chunk_width, constrained_decode  # noqa: E402
 from tokner.lora.prompt import PromptCodec, allowed_tags, bio_tags  # noqa: E402
 from tokner.scorer import ALL_LABELS  # noqa: E402
 from tokner.tags import doc_tags  # noqa: E402
@@ -129,8 +129,8 @@ def test_batched_cache_decoding_equals_reference(tokenizer):
                 full_slots = stats.slot_tokens
     # guessing O ahead verifies several words per call: fewer calls, the same tags
     assert calls[3] <= calls[1] < calls[0], calls
-    from tokner.lora.decoding import split_head
-    from tokner.lora.kvcache import use_grouped_attention
+    from tokner.decoding.constrained import split_head
+    from tokner.decoding.kvcache import use_grouped_attention
 
     assert split_head(model) is not None  # the label-rows-only head path was the one compared
     assert use_grouped_attention(model)

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tokner.lora.kvcache import GROUPED_SDPA, GrowingCache, use_grouped_attention  # noqa: E402
+from tokner.decoding.kvcache import GROUPED_SDPA, GrowingCache, use_grouped_attention  # noqa: E402
 
 TORCH_THREADS = 1  # conftest: one torch thread for this module
 

@@ -4,7 +4,7 @@ A LoRA adapter trained for a fraction of an epoch under-predicts the rare types
 (SYMPTOM, SKINRAREDISEASE): where the decoder picks a new entity's type it prefers
 the frequent neighbour (SIGN, RAREDISEASE). ``label_bias`` adds a per-type offset to
 those log-probabilities (a prior correction; see
-:func:`tokner.lora.decoding.choice_biases`).
+:func:`tokner.decoding.constrained.choice_biases`).
 
 :func:`tune_label_bias` picks the type offsets from one traced decoding pass: the
 trace holds the log-probabilities of every type decision, so any bias can be
@@ -98,7 +98,7 @@ def save_with_label_bias(model_path, label_bias: Dict[str, float], output_path, 
     import srsly
     from thinc.api import Config
 
-    from .decoding import check_label_bias
+    from ..decoding.constrained import check_label_bias
 
     model_path, output_path = Path(model_path), Path(output_path)
     config = Config().from_disk(model_path / "config.cfg", interpolate=False)
@@ -159,7 +159,7 @@ def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str
     from ..scorer import PAPER_LABELS
     from ..tags import sentence_words
     from .component import LoraNER
-    from .decoding import check_label_bias, constrained_decode
+    from ..decoding.constrained import check_label_bias, constrained_decode
     from .train import score_sentence_tags
 
     names = [n for n, p in nlp.pipeline if isinstance(p, LoraNER)] if pipe_name is None else [pipe_name]

@@ -21,7 +21,7 @@ from spacy.util import minibatch
 
 from ..scorer import ALL_LABELS
 from ..tags import sentence_words, spans_from_tags
-from .decoding import check_call_cost, check_label_bias, check_speculate
+from ..decoding.constrained import check_call_cost, check_label_bias, check_speculate
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class LoraNER:
             model = peft_model.merge_and_unload()
         model.eval()
         if self.cfg["grouped_attention"]:
-            from .kvcache import use_grouped_attention
+            from ..decoding.kvcache import use_grouped_attention
 
             use_grouped_attention(model)
         self._model = model
@@ -177,7 +177,7 @@ class LoraNER:
 
     def predict_sentences(self, sentences: Sequence[Sequence[str]], progress: bool = False):
         """[(tags, probabilities)] for word lists; stats of the run in ``self.last_stats``."""
-        from .decoding import constrained_decode, free_generate
+        from ..decoding.constrained import constrained_decode, free_generate
 
         if self.decoding == "constrained":
             out, stats = constrained_decode(self.lm, self.codec, sentences, self.cfg["batch_size"],

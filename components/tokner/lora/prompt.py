@@ -18,10 +18,10 @@ string ``render_answer(words, tags)``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..paper_format import SEP, render_tokens
+from ..decoding.codec import LabelCodec, TrieNode, allowed_tags, bio_tags  # noqa: F401  (re-exported)
+from ..paper_format import render_tokens
 from ..scorer import PAPER_LABELS
 
 #: A one-line instruction: after tuning, the model no longer needs the definitions,
@@ -54,14 +54,6 @@ MINIMAL_INSTRUCTION = "Tag each token with its BIO clinical entity label."
 INSTRUCTIONS = {"minimal": MINIMAL_INSTRUCTION, "short": SHORT_INSTRUCTION, "paper": PAPER_INSTRUCTION}
 
 
-def bio_tags(labels: Sequence[str]) -> List[str]:
-    """``O`` followed by ``B-X``, ``I-X`` for each entity type."""
-    out = ["O"]
-    for label in labels:
-        out += [f"B-{label}", f"I-{label}"]
-    return out
-
-
 def resolve_instruction(instruction: str, labels: Sequence[str]) -> str:
     """``"minimal"`` / ``"short"`` / ``"paper"`` or a literal instruction (``{labels}`` is filled in)."""
     text = INSTRUCTIONS.get(instruction, instruction)
@@ -92,37 +84,14 @@ def render_prompt(words: Sequence[str], instruction_text: str, input_format: str
     return render_head(instruction_text) + render_body(words, input_format)
 
 
-@dataclass
-class TrieNode:
-    children: Dict[int, "TrieNode"] = field(default_factory=dict)
-    tags: Tuple[str, ...] = ()  # every tag whose token sequence passes through this node
-    tag: Optional[str] = None  # set on the node that completes a tag
-
-
-class PromptCodec:
-    """Token ids of prompts, answer pieces and tags for one tokenizer.
-
-    ``tags`` is the closed set of answer labels (``O``, ``B-X``, ``I-X``); their token
-    sequences form a trie, so a decoder needs one model call per branching node only.
-    """
+class PromptCodec(LabelCodec):
+    """Token ids of the LoRA prompt (instruction head + sentence body), answer pieces and tags."""
 
     def __init__(self, tokenizer, labels: Sequence[str], instruction: str = "short", input_format: str = "lines"):
-        self.tokenizer = tokenizer
-        self.labels = list(labels)
-        self.tags = bio_tags(self.labels)
+        super().__init__(tokenizer, labels)
         self.instruction_text = resolve_instruction(instruction, self.labels)
         self.input_format = input_format
-        self.eos_id = tokenizer.eos_token_id
-        if self.eos_id is None:
-            raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no eos token")
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
-        self._piece_cache: Dict[Tuple[str, bool], List[int]] = {}
         self._head: Optional[List[int]] = None
-        self.tag_ids: Dict[str, List[int]] = {t: self.encode(" " + t) for t in self.tags}
-        self.trie = self._build_trie()
-
-    def encode(self, text: str) -> List[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def head_ids(self) -> List[int]:
         """Ids of the instruction part, the same for every sentence (its KV cache is shared)."""
@@ -140,70 +109,6 @@ class PromptCodec:
     def prompt_ids(self, words: Sequence[str]) -> List[int]:
         """Head and body, encoded separately (so a cached head is exactly the same ids)."""
         return self.head_ids() + self.body_ids(words)
-
-    def word_ids(self, word: str, first: bool) -> List[int]:
-        """``word + " :"`` (preceded by a newline except for the first word)."""
-        key = (word, first)
-        ids = self._piece_cache.get(key)
-        if ids is None:
-            ids = self.encode(("" if first else "\n") + word + SEP.rstrip())
-            if len(self._piece_cache) < 200_000:
-                self._piece_cache[key] = ids
-        return ids
-
-    def answer_ids(self, words: Sequence[str], tags: Sequence[str]) -> Tuple[List[int], List[bool]]:
-        """Ids of the full answer (``eos`` last) and a mask that is True on tag tokens."""
-        ids: List[int] = []
-        is_tag: List[bool] = []
-        for i, (w, t) in enumerate(zip(words, tags)):
-            wid = self.word_ids(w, i == 0)
-            ids += wid
-            is_tag += [False] * len(wid)
-            tid = self.tag_ids[t]
-            ids += tid
-            is_tag += [True] * len(tid)
-        ids.append(self.eos_id)
-        is_tag.append(True)
-        return ids, is_tag
-
-    def _build_trie(self) -> TrieNode:
-        root = TrieNode()
-        for tag, ids in self.tag_ids.items():
-            if not ids:
-                raise ValueError(f"label {tag!r} encodes to no tokens")
-            node = root
-            for tid in ids:
-                if node.tag is not None:
-                    break
-                node.tags = node.tags + (tag,)
-                node = node.children.setdefault(tid, TrieNode())
-            if node.tag is not None or node.children:
-                raise ValueError(
-                    f"label {tag!r} and {node.tag or node.tags} share a token prefix that ends one of them: "
-                    "the constrained decoder needs prefix-free label strings"
-                )
-            node.tag = tag
-            node.tags = (tag,)
-        return root
-
-    def calls_per_tag(self) -> Dict[str, int]:
-        """How many branching decisions (model calls) each tag costs."""
-        out = {}
-        for tag, ids in self.tag_ids.items():
-            node, n = self.trie, 0
-            for tid in ids:
-                n += len(node.children) > 1
-                node = node.children[tid]
-            out[tag] = n
-        return out
-
-
-def allowed_tags(tags: Sequence[str], previous: str, bio: bool) -> Sequence[str]:
-    """Tags allowed after ``previous``: with ``bio``, ``I-X`` only after ``B-X``/``I-X``."""
-    if not bio:
-        return tags
-    prev_type = previous[2:] if previous != "O" else None
-    return [t for t in tags if not t.startswith("I-") or t[2:] == prev_type]
 
 
 def clean_tags(tags: Iterable[str], labels: Sequence[str]) -> List[str]:

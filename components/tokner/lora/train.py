@@ -143,7 +143,7 @@ def evaluate_adapter(model, codec, gold_docs: Sequence[Doc], batch_size: int, bi
                      progress: bool = False) -> Dict[str, Any]:
     """Paper scores of constrained decoding on gold docs (their own tokens and sentences)."""
     from ..tags import sentence_words
-    from .decoding import constrained_decode
+    from ..decoding.constrained import constrained_decode
 
     was_training = model.training
     model.eval()

@@ -22,17 +22,20 @@ argmax, a prior correction for types the model under-predicts.
 Free generation (the paper's setting): greedy ``generate`` of the whole answer,
 parsed and aligned to the words by :func:`tokner.align.align_answer`.
 
-Both decoders keep their KV cache in a :class:`tokner.lora.kvcache.GrowingCache`
+Both decoders keep their KV cache in a :class:`tokner.decoding.kvcache.GrowingCache`
 (appends copy only the new chunk); the constrained one also computes only the
 allowed label tokens' logits (:func:`split_head`).
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from .prompt import PromptCodec, TrieNode, allowed_tags
+from .codec import LabelCodec, TrieNode, allowed_tags
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,18 +47,23 @@ class DecodeStats:
     fed_tokens: int = 0  # real (non-pad) tokens fed
     slot_tokens: int = 0  # token positions computed, pads included (batch rows x chunk width per call)
     well_formed: int = 0  # free generation: answers that aligned fully
+    nonfinite: int = 0  # constrained: decisions with NaN/inf logits (first allowed label taken)
+    head_tokens: int = 0  # constrained: prompt ids computed once and shared by every row
     answers: List[str] = field(default_factory=list)
 
     def merge(self, other: "DecodeStats") -> None:
-        for k in ("sentences", "words", "model_calls", "decisions", "fed_tokens", "slot_tokens", "well_formed"):
+        for k in STAT_FIELDS:
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.answers.extend(other.answers)
 
     def to_dict(self) -> Dict[str, float]:
-        d = {k: getattr(self, k) for k in ("sentences", "words", "model_calls", "decisions", "fed_tokens", "slot_tokens",
-                                           "well_formed")}
+        d = {k: getattr(self, k) for k in STAT_FIELDS}
         d["decisions_per_word"] = self.decisions / self.words if self.words else 0.0
         return d
+
+
+STAT_FIELDS = ("sentences", "words", "model_calls", "decisions", "fed_tokens", "slot_tokens", "well_formed",
+               "nonfinite", "head_tokens")
 
 
 class _Row:
@@ -131,7 +139,7 @@ def choice_biases(choices: Sequence[Tuple[int, TrieNode]], allowed, label_bias: 
     return bias if any(bias) else None
 
 
-def _advance(row: _Row, codec: PromptCodec, bio: bool, label_bias: Optional[Dict[str, float]] = None) -> None:
+def _advance(row: _Row, codec: LabelCodec, bio: bool, label_bias: Optional[Dict[str, float]] = None) -> None:
     """Follow forced trie edges (and finished labels) until a branching point or the end."""
     while True:
         node = row.node
@@ -166,7 +174,7 @@ def _o_choice(row: _Row) -> Optional[int]:
     return None
 
 
-def _draft(row: _Row, codec: PromptCodec, bio: bool, label_bias: Optional[Dict[str, float]], speculate: int) -> None:
+def _draft(row: _Row, codec: LabelCodec, bio: bool, label_bias: Optional[Dict[str, float]], speculate: int) -> None:
     """Guess ``O`` for up to ``speculate`` words ahead: their tokens join the pending chunk and
     one model call verifies them all (each guess becomes a :class:`_Check`)."""
     while not row.done and len(row.checks) < speculate and row.node is codec.trie:
@@ -182,17 +190,34 @@ def _draft(row: _Row, codec: PromptCodec, bio: bool, label_bias: Optional[Dict[s
         del row.pending[row.checks[-1].offset + 1:]
 
 
-def head_cache(model, codec: PromptCodec):
-    """Key/value tensors (one row) of the instruction part that every prompt starts with."""
+def head_cache(model, codec: LabelCodec, ids: Optional[Sequence[int]] = None):
+    """Key/value tensors (one row) of the prompt start that every prompt shares:
+    ``ids``, or the LoRA codec's instruction head (``codec.head_ids()``)."""
     import torch
     from transformers import DynamicCache
 
+    ids = list(codec.head_ids() if ids is None else ids)
     device = next(model.parameters()).device
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([codec.head_ids()], device=device), past_key_values=DynamicCache(),
+        out = model(input_ids=torch.tensor([ids], device=device), past_key_values=DynamicCache(),
                     use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     return [(cache.key_cache[i], cache.value_cache[i]) for i in range(len(cache))]
+
+
+def common_prefix(prompts: Sequence[Sequence[int]], keep: int = 1) -> int:
+    """Length of the token-id prefix all ``prompts`` share, leaving at least ``keep`` ids
+    of the shortest one out (instruction and demonstrations in zero/few-shot prompts)."""
+    if not prompts:
+        return 0
+    first = prompts[0]
+    n = min(len(p) for p in prompts) - keep
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
 
 
 def chunk_width(lengths: Sequence[int], call_cost: Optional[float]) -> int:
@@ -256,11 +281,16 @@ def _choice_logits(hidden, head, rows) -> List["torch.Tensor"]:
     return [sub[b, [col[t] for t in tids]] for b, tids in rows]
 
 
-def constrained_decode_batch(model, codec: PromptCodec, sentences: Sequence[Sequence[str]], bio: bool = True,
+def constrained_decode_batch(model, codec: LabelCodec, sentences: Sequence[Sequence[str]], bio: bool = True,
                              head_kv=None, call_cost: Optional[float] = None,
                              label_bias: Optional[Dict[str, float]] = None, trace: Optional[list] = None,
-                             speculate: int = 0):
+                             speculate: int = 0, prompts: Optional[Sequence[Sequence[int]]] = None,
+                             n_head: Optional[int] = None):
     """Tags and per-word tag probabilities for a batch of word lists (all non-empty).
+
+    ``prompts``: each sentence's prompt as token ids (default: ``codec.prompt_ids(words)``,
+    the LoRA prompt); with ``head_kv``, ``n_head`` is how many leading ids of each prompt
+    it covers (default ``len(codec.head_ids())``).
 
     ``head_kv`` (from :func:`head_cache`) starts every row from the cached instruction
     instead of feeding it again; ``call_cost`` caps each call's width
@@ -280,13 +310,21 @@ def constrained_decode_batch(model, codec: PromptCodec, sentences: Sequence[Sequ
     stats = DecodeStats(sentences=len(sentences), words=sum(len(s) for s in sentences))
     split = split_head(model)
     rows = []
-    n_head = len(codec.head_ids()) if head_kv is not None else 0
-    for words in sentences:
+    if head_kv is None:
+        n_head = 0
+    elif n_head is None:
+        n_head = len(codec.head_ids())
+    if prompts is not None and len(prompts) != len(sentences):
+        raise ValueError(f"{len(prompts)} prompts for {len(sentences)} sentences")
+    for j, words in enumerate(sentences):
         if not words:
             raise ValueError("constrained decoding got an empty sentence")
         row = _Row(words)
         row.node = codec.trie
-        prompt = codec.body_ids(words) if head_kv is not None else codec.prompt_ids(words)
+        if prompts is not None:
+            prompt = list(prompts[j][n_head:])
+        else:
+            prompt = codec.body_ids(words) if head_kv is not None else codec.prompt_ids(words)
         row.pending = prompt + codec.word_ids(words[0], True)
         row.pos = n_head
         row.allowed = set(allowed_tags(codec.tags, "O", bio))
@@ -305,8 +343,13 @@ def constrained_decode_batch(model, codec: PromptCodec, sentences: Sequence[Sequ
 
     def decide(r: _Row, word: int, allowed, logits, choices, bias) -> Tuple[int, float]:
         logp = torch.log_softmax(logits, dim=-1)
-        if not torch.isfinite(logp).all():  # degenerate weights: fall back to the first choice
+        if not torch.isfinite(logp).all():  # degenerate weights (NaN/inf logits): counted, logged
             k, pk = 0, 1.0 / len(choices)
+            stats.nonfinite += 1
+            if stats.nonfinite == 1:
+                logger.warning("constrained decoding: non-finite logits (degenerate weights or an overflow in "
+                               "this dtype); such decisions take the first allowed label (counted in "
+                               "stats.nonfinite)")
         else:
             k = int(torch.argmax(logp if bias is None else logp + torch.tensor(bias)))
             pk = float(logp[k].exp())
@@ -424,20 +467,24 @@ def check_speculate(speculate: int) -> int:
 def default_call_cost(model) -> Optional[float]:
     """:func:`chunk_width`'s call cost for the model's device: 32 token slots on a CPU, None
     elsewhere. Fitted on SmolLM2-135M, one core, batches of 32, with
-    :class:`~tokner.lora.kvcache.GrowingCache` and grouped attention: ~0.14 s per call
+    :class:`~tokner.decoding.kvcache.GrowingCache` and grouped attention: ~0.14 s per call
     against ~3.8 ms per token slot."""
     return 32.0 if next(model.parameters()).device.type == "cpu" else None
 
 
-def constrained_decode(model, codec: PromptCodec, sentences: Sequence[Sequence[str]], batch_size: int = 16,
+def constrained_decode(model, codec: LabelCodec, sentences: Sequence[Sequence[str]], batch_size: int = 16,
                        bio: bool = True, progress: bool = False, share_head: bool = True,
                        call_cost: Union[float, str, None] = "auto", label_bias: Optional[Dict[str, float]] = None,
-                       trace: Optional[list] = None, speculate: int = 0):
+                       trace: Optional[list] = None, speculate: int = 0,
+                       prompts: Optional[Sequence[Sequence[int]]] = None):
     """:func:`constrained_decode_batch` over length-sorted batches, results in input order.
 
     ``call_cost``: see :func:`chunk_width`; ``"auto"`` picks :func:`default_call_cost`
     for the model's device. ``label_bias``, ``speculate`` and ``trace``: see
     :func:`constrained_decode_batch` (trace rows are indices into ``sentences``).
+    ``prompts``: each sentence's prompt as token ids (prompted LLMs); the prefix they
+    all share (instruction, demonstrations) is computed once and its KV cache reused by
+    every row of every batch (``share_head``). Default: the LoRA codec's prompt.
     """
     from tqdm import tqdm
 
@@ -449,14 +496,28 @@ def constrained_decode(model, codec: PromptCodec, sentences: Sequence[Sequence[s
         if not len(s):
             results[i] = ([], [])
     batches = length_batches([len(sentences[i]) for i in todo], batch_size)
-    head_kv = head_cache(model, codec) if share_head and batches else None
+    if prompts is not None and len(prompts) != len(sentences):
+        raise ValueError(f"{len(prompts)} prompts for {len(sentences)} sentences")
+    n_head = None
+    head_kv = None
+    if share_head and batches:
+        if prompts is None:
+            head_kv = head_cache(model, codec)
+            stats.head_tokens = len(codec.head_ids())
+        else:
+            n_head = common_prefix([prompts[i] for i in todo])
+            if n_head:
+                head_kv = head_cache(model, codec, prompts[todo[0]][:n_head])
+                stats.head_tokens = n_head
     if check_call_cost(call_cost) == "auto":
         call_cost = default_call_cost(model)
     for batch in tqdm(batches, desc="constrained decoding", unit="batch", disable=not progress):
         idx = [todo[j] for j in batch]
         local: Optional[list] = [] if trace is not None else None
         out, st = constrained_decode_batch(model, codec, [sentences[i] for i in idx], bio=bio, head_kv=head_kv,
-                                           call_cost=call_cost, label_bias=label_bias, trace=local, speculate=speculate)
+                                           call_cost=call_cost, label_bias=label_bias, trace=local, speculate=speculate,
+                                           prompts=None if prompts is None else [prompts[i] for i in idx],
+                                           n_head=n_head)
         if local:
             trace.extend((idx[row],) + tuple(rest) for row, *rest in local)
         stats.merge(st)
@@ -465,14 +526,14 @@ def constrained_decode(model, codec: PromptCodec, sentences: Sequence[Sequence[s
     return results, stats
 
 
-def answer_token_budget(codec: PromptCodec, words: Sequence[str], factor: float = 1.25) -> int:
+def answer_token_budget(codec: LabelCodec, words: Sequence[str], factor: float = 1.25) -> int:
     """max_new_tokens for free generation: the longest possible answer times ``factor``."""
     longest = max(len(ids) for ids in codec.tag_ids.values())
     n = sum(len(codec.word_ids(w, i == 0)) + longest for i, w in enumerate(words)) + 1
     return int(math.ceil(n * factor))
 
 
-def free_generate(model, codec: PromptCodec, sentences: Sequence[Sequence[str]], batch_size: int = 8,
+def free_generate(model, codec: LabelCodec, sentences: Sequence[Sequence[str]], batch_size: int = 8,
                   max_new_tokens_factor: float = 1.25, progress: bool = False):
     """Greedy answers (strings), parsed by :func:`tokner.align.align_answer`.
 

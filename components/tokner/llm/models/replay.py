@@ -1,0 +1,168 @@
+"""``tokner.ReplayModel.v1``: answers from a file of responses (the paper's ``######``
+blocks, which echo each sentence's tokens, or JSONL keyed by ``tokens``, ``text`` or
+``prompt``), matched by the sentence's tokens, not by position. The responses are saved
+with the pipeline.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import unicodedata
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import srsly
+
+from spacy_llm.registry import registry
+
+from ...align import parse_answer_lines
+from ...paper_format import split_blocks
+from ...tokenizer import paper_token_spans
+
+logger = logging.getLogger(__name__)
+
+
+def _key(tokens: Sequence[str]) -> Tuple[str, ...]:
+    return tuple("".join(unicodedata.normalize("NFKC", t).split()).casefold() for t in tokens if t.strip())
+
+
+def read_responses(path: Path) -> List[Dict[str, Any]]:
+    """Records ``{"tokens": [...] | None, "prompt": str | None, "response": str}`` from a
+    ``######`` file or JSONL/JSON (``tokens``, ``text`` or ``prompt`` + ``response``/``answer``/``output``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"responses file not found: {path}")
+    records: List[Dict[str, Any]] = []
+    if path.suffix in (".jsonl", ".json"):
+        raw = srsly.read_jsonl(path) if path.suffix == ".jsonl" else srsly.read_json(path)
+        for i, rec in enumerate(raw):
+            resp = next((rec[k] for k in ("response", "answer", "output") if k in rec), None)
+            if resp is None:
+                raise ValueError(f"{path}: record {i} has no 'response' (or 'answer'/'output')")
+            if "tokens" in rec:
+                tokens = list(rec["tokens"])
+            elif "text" in rec:
+                text = rec["text"]
+                tokens = [text[s:e] for s, e in paper_token_spans(text)]
+            else:
+                tokens = None
+            records.append({"tokens": tokens, "prompt": rec.get("prompt"), "response": str(resp)})
+        return records
+    for block in split_blocks(path.read_text(encoding="utf-8")):
+        tokens = [t for t, _ in parse_answer_lines(block)]
+        records.append({"tokens": tokens, "prompt": None, "response": block})
+    return records
+
+
+class ReplayModel:
+    """Answers prompts from recorded responses (see module docstring)."""
+
+    def __init__(self, path: Optional[str], min_similarity: float, strict: bool):
+        self.path = path
+        self.min_similarity = min_similarity
+        self.strict = strict
+        self.records: List[Dict[str, Any]] = []
+        self._loaded = False
+        self.stats = {"exact": 0, "fuzzy": 0, "missing": 0}
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        if not self.path:
+            raise ValueError("tokner.ReplayModel.v1: no responses file (set [paths] responses)")
+        self._set_records(read_responses(Path(self.path)))
+
+    def _set_records(self, records: List[Dict[str, Any]]) -> None:
+        self.records = records
+        # a sentence that occurs several times (boilerplate) may have several responses:
+        # they are served in file order, the last one repeated
+        self._by_tokens: Dict[Tuple[str, ...], List[str]] = {}
+        self._by_prompt: Dict[str, List[str]] = {}
+        self._served: Dict[Any, int] = {}
+        for rec in records:
+            if rec.get("tokens"):
+                self._by_tokens.setdefault(_key(rec["tokens"]), []).append(rec["response"])
+            if rec.get("prompt"):
+                self._by_prompt.setdefault(rec["prompt"], []).append(rec["response"])
+        self._keys = list(self._by_tokens)
+        self._loaded = True
+
+    def _serve(self, table: Dict[Any, List[str]], key: Any) -> str:
+        n = self._served.get((id(table), key), 0)
+        self._served[(id(table), key)] = n + 1
+        options = table[key]
+        return options[min(n, len(options) - 1)]
+
+    @property
+    def context_length(self) -> int:
+        return 1 << 30
+
+    def lookup(self, prompt: str) -> Optional[str]:
+        self._ensure_loaded()
+        words = getattr(prompt, "words", None)
+        if words:
+            key = _key(words)
+            if key in self._by_tokens:
+                self.stats["exact"] += 1
+                return self._serve(self._by_tokens, key)
+            best, best_ratio = None, self.min_similarity
+            for cand in self._keys:
+                sm = difflib.SequenceMatcher(None, key, cand, autojunk=False)
+                if sm.real_quick_ratio() < best_ratio or sm.quick_ratio() < best_ratio:
+                    continue
+                r = sm.ratio()
+                if r > best_ratio or (best is None and r >= best_ratio):
+                    best, best_ratio = cand, r
+            if best is not None:
+                self.stats["fuzzy"] += 1
+                return self._serve(self._by_tokens, best)
+        if str(prompt) in self._by_prompt:
+            self.stats["exact"] += 1
+            return self._serve(self._by_prompt, str(prompt))
+        self.stats["missing"] += 1
+        return None
+
+    def __call__(self, prompts: Iterable[Iterable[str]]) -> Iterable[Iterable[str]]:
+        out: List[List[str]] = []
+        for doc_prompts in prompts:
+            answers = []
+            for p in doc_prompts:
+                resp = self.lookup(p)
+                if resp is None:
+                    words = getattr(p, "words", ())
+                    msg = f"tokner.ReplayModel.v1: no response in {self.path} for {' '.join(words)[:80]!r}"
+                    if self.strict:
+                        raise KeyError(msg)
+                    logger.warning(msg)
+                    resp = ""
+                answers.append(resp)
+            out.append(answers)
+        return out
+
+    # responses travel with the pipeline, so spacy.load needs no responses file
+    def to_bytes(self, *, exclude: Tuple[str, ...] = tuple()) -> bytes:
+        self._ensure_loaded()
+        return srsly.msgpack_dumps({"records": self.records})
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Tuple[str, ...] = tuple()) -> "ReplayModel":
+        self._set_records(srsly.msgpack_loads(bytes_data)["records"])
+        return self
+
+    def to_disk(self, path: Path, *, exclude: Tuple[str, ...] = tuple()) -> None:
+        self._ensure_loaded()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        srsly.write_jsonl(path / "responses.jsonl", self.records)
+
+    def from_disk(self, path: Path, *, exclude: Tuple[str, ...] = tuple()) -> "ReplayModel":
+        self._set_records(list(srsly.read_jsonl(Path(path) / "responses.jsonl")))
+        return self
+
+
+@registry.llm_models("tokner.ReplayModel.v1")
+def make_replay_model(path: Optional[str] = None, min_similarity: float = 0.8, strict: bool = False) -> ReplayModel:
+    """Replay recorded responses. `path`: ``######`` file or JSONL; a prompt's
+    sentence is matched by its tokens (exactly, else the most similar token
+    sequence with ratio >= min_similarity); no match answers "" (all ``O``) or
+    raises if `strict`. The file is read on first use and saved with the pipeline."""
+    return ReplayModel(path, min_similarity, strict)
