@@ -6,6 +6,7 @@ with the pipeline.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import unicodedata
 from pathlib import Path
@@ -157,6 +158,15 @@ class ReplayModel:
     def from_disk(self, path: Path, *, exclude: Tuple[str, ...] = tuple()) -> "ReplayModel":
         self._set_records(list(srsly.read_jsonl(Path(path) / "responses.jsonl")))
         return self
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """Everything that changes the answers (for ``tokner.BatchCache.v1``): the responses'
+        content (not their file's path, so a pipeline loaded elsewhere keeps its cache) and
+        how prompts are matched to them."""
+        self._ensure_loaded()
+        content = srsly.json_dumps(self.records, sort_keys=True).encode("utf-8")
+        return {"model": "tokner.ReplayModel.v1", "responses_sha256": hashlib.sha256(content).hexdigest(),
+                "min_similarity": self.min_similarity, "strict": self.strict}
 
 
 @registry.llm_models("tokner.ReplayModel.v1")
