@@ -1,16 +1,26 @@
 """``tokner_lora_ner``: a LoRA-tuned causal LM as a spaCy NER pipe.
 
 The pipe holds the base model's name (hub id or local folder) and a LoRA adapter.
-``to_disk`` writes the adapter in peft's own format (``adapter_config.json``,
-``adapter_model.safetensors``) into the pipe's folder; ``from_disk`` (and so
-``spacy.load``) loads the base model and attaches it again. Prediction is one
-prompt per sentence (whitespace tokens are never sent), with constrained decoding
-by default (always one valid tag per token, entity probabilities in
-``doc.spans[spans_key]`` with ``attrs["scores"]``) or the paper's free generation.
+``to_disk`` writes into the pipe's folder ``cfg.json``, the adapter in peft's own
+format (``adapter_config.json``, ``adapter_model.safetensors``) and, when the base
+is bundled (``bundle_base``: by default when ``base_model`` is a local folder), a
+compact copy of the base model in ``base/`` (safetensors, bfloat16 unless stored
+narrower, with its config and tokenizer files). ``from_disk`` (and so
+``spacy.load``) loads the base from ``base/`` when it is there, else from
+``base_model``, and attaches the adapter again: a pipeline with a bundled base loads
+from any working directory and after ``spacy package`` on any machine (see
+docs/packaging.md). ``to_bytes``/``from_bytes`` carry the same folder as msgpack.
+
+Prediction is one prompt per sentence (whitespace tokens are never sent), with
+constrained decoding by default (always one valid tag per token, entity
+probabilities in ``doc.spans[spans_key]`` with ``attrs["scores"]``) or the paper's
+free generation.
 """
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -26,10 +36,38 @@ from ..decoding.constrained import check_call_cost, check_label_bias, check_spec
 logger = logging.getLogger(__name__)
 
 DECODINGS = ("constrained", "free")
+BASE_DIR = "base"  # the bundled base model, inside the pipe's folder
 
 
 class LoraNER:
-    """A LoRA-tuned generator that tags every token of each sentence."""
+    """A LoRA-tuned generator that tags every token of each sentence.
+
+    nlp, name: the pipeline and the pipe's name in it.
+    base_model: hub id or local folder of the base causal LM (a relative path is read
+        from the working directory). Used when the pipe's folder holds no bundled base.
+    adapter: a peft adapter folder to start from (None: ``from_disk`` or training sets it).
+    labels: entity labels; instruction, input_format: the prompt (see
+        :class:`tokner.lora.prompt.PromptCodec`).
+    decoding: "constrained" (only valid tags) or "free" (the paper's free generation).
+    bio_constraint: in constrained decoding, forbid an I- tag that continues nothing.
+    batch_size: sentences per model call.
+    call_cost, speculate, label_bias: constrained decoding's width cap per call, words
+        guessed "O" ahead, and log-probability offsets per label
+        (see :mod:`tokner.decoding.constrained`).
+    max_new_tokens_factor: free generation's budget, in tokens per input token.
+    merge_adapter: merge the adapter into the base weights once loaded (not with 4-bit).
+    grouped_attention: attention without repeating grouped key/value heads.
+    device, torch_dtype, load_in_4bit, torch_threads: how the model is loaded
+        ("auto": CUDA when available; float32 on CPU, bf16/fp16 on CUDA).
+    bundle_base: "auto" (copy the base into the pipe's folder on ``to_disk`` when it
+        is a local folder, not when it is a hub id), True (always, a hub model too) or
+        False (never: the saved pipeline refers to ``base_model``, and ``from_disk``
+        ignores a bundled copy).
+    bundle_dtype: dtype of the bundled weights, "bfloat16" (default), "float16" or
+        "float32"; weights stored narrower are kept as they are.
+    spans_key: ``doc.spans`` key for the entities with their probabilities (None: none).
+    scorer: the scoring function (default: the paper's scorer).
+    """
 
     def __init__(
         self,
@@ -54,13 +92,21 @@ class LoraNER:
         torch_dtype: str = "auto",
         load_in_4bit: bool = False,
         torch_threads: int = 0,
+        bundle_base: Union[bool, str] = "auto",
+        bundle_dtype: str = "bfloat16",
         spans_key: Optional[str] = "lora",
         scorer: Optional[Callable] = None,
     ):
+        from .modeling import BUNDLE_DTYPES
+
         if decoding not in DECODINGS:
             raise ValueError(f"[{name}] decoding must be one of {DECODINGS}, got {decoding!r}")
         if not labels:
             raise ValueError(f"[{name}] needs at least one label")
+        if not (isinstance(bundle_base, bool) or bundle_base == "auto"):
+            raise ValueError(f"[{name}] bundle_base must be \"auto\", true or false, got {bundle_base!r}")
+        if bundle_dtype not in BUNDLE_DTYPES:
+            raise ValueError(f"[{name}] bundle_dtype must be one of {BUNDLE_DTYPES}, got {bundle_dtype!r}")
         try:
             check_call_cost(call_cost)
             check_speculate(speculate)
@@ -76,7 +122,8 @@ class LoraNER:
             "label_bias": label_bias,
             "max_new_tokens_factor": max_new_tokens_factor,
             "merge_adapter": merge_adapter, "grouped_attention": grouped_attention, "device": device, "torch_dtype": torch_dtype,
-            "load_in_4bit": load_in_4bit, "torch_threads": torch_threads, "spans_key": spans_key,
+            "load_in_4bit": load_in_4bit, "torch_threads": torch_threads,
+            "bundle_base": bundle_base, "bundle_dtype": bundle_dtype, "spans_key": spans_key,
         }
         self.scorer = scorer
         self.adapter = adapter
@@ -85,6 +132,8 @@ class LoraNER:
         self._codec = None
         self._lora_config = None
         self._adapter_state: Optional[Dict[str, Any]] = None
+        self._bundled_base: Optional[Path] = None  # the bundled base this pipe was loaded from
+        self._bytes_dir: Optional[tempfile.TemporaryDirectory] = None  # holds it after from_bytes
         self.last_stats = None
 
     # -- model -----------------------------------------------------------------
@@ -103,12 +152,40 @@ class LoraNER:
         self.cfg["decoding"] = value
 
     @property
+    def base_source(self) -> str:
+        """Where the base model and its tokenizer load from: the bundled copy the pipe was
+        loaded with, else ``base_model``."""
+        return str(self._bundled_base) if self._bundled_base is not None else self.cfg["base_model"]
+
+    def _override_hint(self) -> str:
+        return (f"point the pipe to the base model with the config key components.{self.name}.base_model, e.g. "
+                f"spacy.load(path, config={{\"components\": {{\"{self.name}\": {{\"base_model\": "
+                f"\"/models/SmolLM2-135M-Instruct\"}}}}}})")
+
+    def _checked_base_source(self) -> str:
+        """``base_source``, or a FileNotFoundError that says how to point the pipe elsewhere."""
+        from .modeling import is_local_model
+
+        source = self.base_source
+        if self._bundled_base is None and is_local_model(source) and not Path(source).expanduser().exists():
+            raise FileNotFoundError(
+                f"[{self.name}] base model folder not found: {source!r} (a relative path is read from the working "
+                f"directory, {str(Path.cwd())!r}) and the pipe has no bundled base ({BASE_DIR}/ in its folder): "
+                + self._override_hint()
+            )
+        return source
+
+    @property
     def tokenizer(self):
         if self._tokenizer is None:
             from .modeling import load_tokenizer, require_lora_deps
 
             require_lora_deps()
-            self._tokenizer = load_tokenizer(self.cfg["base_model"])
+            source = self._checked_base_source()
+            try:
+                self._tokenizer = load_tokenizer(source)
+            except OSError as e:
+                raise OSError(f"[{self.name}] cannot load the tokenizer of {source!r}: {e}\n{self._override_hint()}") from e
         return self._tokenizer
 
     @property
@@ -142,7 +219,11 @@ class LoraNER:
             import torch
 
             torch.set_num_threads(int(self.cfg["torch_threads"]))  # process-wide, opt-in
-        base = load_base_model(self.cfg["base_model"], self.cfg["device"], self.cfg["torch_dtype"], self.cfg["load_in_4bit"])
+        source = self._checked_base_source()
+        try:
+            base = load_base_model(source, self.cfg["device"], self.cfg["torch_dtype"], self.cfg["load_in_4bit"])
+        except OSError as e:
+            raise OSError(f"[{self.name}] cannot load the base model {source!r}: {e}\n{self._override_hint()}") from e
         peft_model = attach_adapter(base, adapter_dir)
         self._lora_config, self._adapter_state = adapter_state(peft_model)
         self._set_model(peft_model)
@@ -240,15 +321,29 @@ class LoraNER:
             return score_paper_ner(examples, **kwargs)
         return self.scorer(examples, **kwargs)
 
-    def to_disk(self, path, *, exclude=tuple()) -> None:
-        from .modeling import save_adapter
+    def _bundle_source(self) -> Optional[str]:
+        """The base model ``to_disk`` copies into the pipe's folder, or None (``bundle_base``)."""
+        from .modeling import is_local_model
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        srsly.write_json(path / "cfg.json", {k: v for k, v in self.cfg.items()})
+        mode = self.cfg["bundle_base"]
+        if mode is False:
+            return None
+        if self._bundled_base is not None:
+            return str(self._bundled_base)
+        base = self.cfg["base_model"]
+        if is_local_model(base):
+            if not Path(base).expanduser().is_dir():
+                raise FileNotFoundError(
+                    f"[{self.name}] cannot bundle the base model: folder not found: {base!r} (relative to "
+                    f"{str(Path.cwd())!r}); set components.{self.name}.base_model to an existing folder or a hub id"
+                )
+            return base
+        return base if mode is True else None
+
+    def _write_adapter(self, path: Path) -> None:
+        from .modeling import ADAPTER_CONFIG, ADAPTER_WEIGHTS, save_adapter
+
         if self._adapter_state is None and self.adapter is not None:
-            from .modeling import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-
             src = Path(self.adapter)
             for fname in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
                 (path / fname).write_bytes((src / fname).read_bytes())
@@ -257,28 +352,114 @@ class LoraNER:
             raise ValueError(f"[{self.name}] has no adapter to save: train one first")
         save_adapter(path, self._lora_config, self._adapter_state)
 
+    def _write_base(self, dest: Path) -> None:
+        from .modeling import is_local_model, save_base_model
+
+        source = self._bundle_source()
+        if source is None:
+            if dest.is_dir():  # a stale copy would be loaded in place of base_model
+                shutil.rmtree(dest)
+            base = self.cfg["base_model"]
+            if is_local_model(base) and not Path(base).expanduser().is_absolute():
+                logger.warning("[%s] saved without its base model (bundle_base = false) and with the relative path "
+                               "base_model = %r: the pipeline loads only where that path exists; set bundle_base to "
+                               "\"auto\", or override components.%s.base_model when loading", self.name, base, self.name)
+            return
+        if dest.is_dir() and dest.resolve() == Path(source).expanduser().resolve():
+            return  # saved into the folder it was loaded from: the copy is already there
+        partial = dest.with_name(f".{dest.name}.partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        save_base_model(source, partial, self.cfg["bundle_dtype"])
+        if dest.exists():
+            shutil.rmtree(dest)
+        partial.rename(dest)
+
+    def to_disk(self, path, *, exclude=tuple()) -> None:
+        """Write the pipe into the folder ``path``: ``cfg.json``, the adapter (peft's format)
+        and, when the base is bundled (see ``bundle_base``), the base model in ``base/``.
+
+        exclude: parts to leave out, of "cfg", "adapter" and "base".
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if "cfg" not in exclude:
+            srsly.write_json(path / "cfg.json", dict(self.cfg))
+        if "adapter" not in exclude:
+            self._write_adapter(path)
+        if "base" not in exclude:
+            self._write_base(path / BASE_DIR)
+
     def from_disk(self, path, *, exclude=tuple()) -> "LoraNER":
+        """Read a folder written by ``to_disk`` and load the model: the base from the
+        bundled copy in ``path/base`` when there is one (and ``bundle_base`` is not false),
+        else from ``base_model``; then the adapter.
+
+        exclude: "cfg" (ignore ``cfg.json``), "base" (ignore the bundled base).
+        """
         from .modeling import ADAPTER_CONFIG
 
         path = Path(path)
-        if (path / "cfg.json").exists():
+        if "cfg" not in exclude and (path / "cfg.json").exists():
             saved = srsly.read_json(path / "cfg.json")
             # the pipeline config (which spacy.load overrides) wins; cfg.json fills gaps
             for k, v in saved.items():
                 self.cfg.setdefault(k, v)
         if not (path / ADAPTER_CONFIG).exists():
             raise FileNotFoundError(f"[{self.name}] no {ADAPTER_CONFIG} in {path}")
+        bundled = path / BASE_DIR
+        use_bundle = "base" not in exclude and self.cfg["bundle_base"] is not False and (bundled / "config.json").exists()
+        # absolute, so that a later change of working directory does not lose it
+        self._bundled_base = bundled.resolve() if use_bundle else None
+        previous, self._bytes_dir = self._bytes_dir, None
         self._model = None
         self._codec = None
+        self._tokenizer = None
         self.adapter = None
         self._load(path)
+        if previous is not None:
+            previous.cleanup()
         return self
 
     def to_bytes(self, *, exclude=tuple()) -> bytes:
-        raise NotImplementedError(f"[{self.name}] holds a base model reference and an adapter: use to_disk/from_disk")
+        """The folder ``to_disk`` writes (cfg, adapter, bundled base), as msgpack bytes."""
+        with tempfile.TemporaryDirectory(prefix="tokner_lora_") as tmp:
+            root = Path(tmp)
+            self.to_disk(root, exclude=exclude)
+            files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        return srsly.msgpack_dumps({"files": files})
 
-    def from_bytes(self, data: bytes, *, exclude=tuple()):
-        raise NotImplementedError(f"[{self.name}] holds a base model reference and an adapter: use to_disk/from_disk")
+    def from_bytes(self, bytes_data: bytes, *, exclude=tuple()) -> "LoraNER":
+        """Load the pipe from ``to_bytes`` output (see ``from_disk``).
+
+        The files are unpacked into a temporary folder (in the system's temp directory,
+        never the working directory); when they hold a bundled base, the folder stays
+        while the pipe lives (the tokenizer and a later ``to_disk`` read it), else it is
+        removed at once.
+        """
+        msg = srsly.msgpack_loads(bytes_data)
+        files = msg.get("files") if isinstance(msg, dict) else None
+        if not isinstance(files, dict):
+            raise ValueError(f"[{self.name}] from_bytes expects the bytes of {type(self).__name__}.to_bytes")
+        tmp = tempfile.TemporaryDirectory(prefix="tokner_lora_")
+        root = Path(tmp.name)
+        try:
+            for rel, data in files.items():
+                parts = Path(rel).parts
+                if not parts or Path(rel).is_absolute() or ".." in parts:
+                    raise ValueError(f"[{self.name}] from_bytes: unsafe file name {rel!r}")
+                target = root.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            self.from_disk(root, exclude=exclude)
+        except BaseException:
+            tmp.cleanup()
+            raise
+        if self._bundled_base is None:
+            tmp.cleanup()
+        else:
+            self._bytes_dir = tmp
+        return self
 
 
 @Language.factory(
@@ -304,6 +485,8 @@ class LoraNER:
         "torch_dtype": "auto",
         "load_in_4bit": False,
         "torch_threads": 0,
+        "bundle_base": "auto",
+        "bundle_dtype": "bfloat16",
         "spans_key": "lora",
         "scorer": {"@scorers": "tokner.paper_ner_scorer.v1"},
     },
@@ -330,6 +513,8 @@ def make_lora_ner(
     torch_dtype: str,
     load_in_4bit: bool,
     torch_threads: int,
+    bundle_base: Union[bool, str],
+    bundle_dtype: str,
     spans_key: Optional[str],
     scorer: Optional[Callable],
 ) -> LoraNER:
@@ -338,5 +523,6 @@ def make_lora_ner(
         input_format=input_format, decoding=decoding, bio_constraint=bio_constraint, batch_size=batch_size,
         call_cost=call_cost, speculate=speculate, label_bias=label_bias, max_new_tokens_factor=max_new_tokens_factor, merge_adapter=merge_adapter,
         grouped_attention=grouped_attention, device=device,
-        torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, torch_threads=torch_threads, spans_key=spans_key, scorer=scorer,
+        torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, torch_threads=torch_threads, bundle_base=bundle_base,
+        bundle_dtype=bundle_dtype, spans_key=spans_key, scorer=scorer,
     )
