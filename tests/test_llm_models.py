@@ -82,38 +82,24 @@ def test_dense_index_neighbours(tmp_path):
 
 
 def test_openai_compatible_base_url(monkeypatch):
-    import requests
+    from test_llm_openai import FakeServer, Reply, chat
 
-    calls = []
-
-    class Resp:
-        status_code = 200
-
-        def json(self):
-            return {"choices": [{"message": {"content": "Pain : B-SYMPTOM\n. : O"}}]}
-
-    def fake_post(url, json=None, headers=None, timeout=None):
-        calls.append((url, json, headers))
-        return Resp()
-
-    monkeypatch.setattr(requests, "post", fake_post)
     monkeypatch.setenv("MY_KEY", "secret")
-    model = make_openai_compatible(name="llama3", base_url="http://localhost:8000/v1/", api_key_env="MY_KEY")
-    task = make_token_ner_task()
-    out = model([[task.render(["Pain", "."])]])
-    assert out == [["Pain : B-SYMPTOM\n. : O"]]
-    url, body, headers = calls[0]
-    assert url == "http://localhost:8000/v1/chat/completions"
-    assert body["model"] == "llama3" and body["temperature"] == 0 and body["max_tokens"] > 0
-    assert headers["Authorization"] == "Bearer secret"
+    with FakeServer(lambda req: chat("Pain : B-SYMPTOM\n. : O")) as srv:
+        # a trailing slash is fine; a key named by api_key_env goes to a loopback server over http
+        model = make_openai_compatible(name="llama3", base_url=srv.url + "/", api_key_env="MY_KEY")
+        task = make_token_ner_task()
+        out = model([[task.render(["Pain", "."])]])
+        assert out == [["Pain : B-SYMPTOM\n. : O"]]
+        req = srv.requests[0]
+        assert req.path == "/v1/chat/completions"
+        assert req.body["model"] == "llama3" and req.body["temperature"] == 0 and req.body["max_tokens"] == 16 + 12 * 2
+        assert req.headers["Authorization"] == "Bearer secret"
 
-    class Bad:
-        status_code = 400
-        text = "bad request"
-
-    monkeypatch.setattr(requests, "post", lambda *a, **k: Bad())
-    with pytest.raises(ValueError, match="localhost:8000"):
-        make_openai_compatible(base_url="http://localhost:8000/v1", interval=0.01)([["x"]])
+    with FakeServer(lambda req: Reply(400, "bad request")) as srv:
+        with pytest.raises(ValueError, match=srv.url.replace(".", r"\.")):
+            make_openai_compatible(base_url=srv.url, interval=0.01)([["x"]])
+        assert len(srv.requests) == 1  # a client error is not retried
 
 
 def test_tags_from_model_output_are_valid(tiny_llama):
