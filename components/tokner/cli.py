@@ -221,6 +221,28 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_annotate(args) -> int:
+    """Run a pipeline over texts and write its entities (see docs/annotate.md)."""
+    from .annotate import InputError, OutputError, RayOptions, TextChangedError, annotate
+
+    ray_options = RayOptions(
+        address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor,
+        gpus_per_actor=args.ray_gpus_per_actor, num_cpus=args.ray_num_cpus, block_size=args.ray_block_size,
+        object_store_memory=args.ray_object_store_mb * 1024**2 if args.ray_object_store_mb else None,
+    )
+    try:
+        summary = annotate(
+            args.model, args.input, args.output, output_format=args.format, input_format=args.input_format,
+            text_field=args.text_field, id_field=args.id_field, on_error=args.on_error, batch_size=args.batch_size,
+            n_process=args.n_process, gpu_id=args.gpu_id, resume=args.resume, overwrite=args.overwrite,
+            html_limit=args.html_limit, progress=not args.no_progress, engine=args.engine, ray_options=ray_options,
+        )
+    except (InputError, OutputError, TextChangedError, ImportError, ValueError) as e:
+        raise SystemExit(f"tokner annotate: {e}") from None
+    print(summary.describe())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokner", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -305,6 +327,43 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-docs", type=int, default=5)
     r.add_argument("--split", default="dev")
     r.set_defaults(func=_cmd_compare)
+
+    a = sub.add_parser(
+        "annotate", help="run any spaCy pipeline over texts (.txt folder, JSONL, CSV, Parquet) and write its entities",
+        description="Annotate documents with a spaCy pipeline; entity offsets point into the input texts as given. "
+                    "See docs/annotate.md.")
+    a.add_argument("model", help="pipeline folder or installed package name (spacy.load)")
+    a.add_argument("input", help="folder of .txt files (recursive; id = relative path), .jsonl ({\"id\", \"text\"} "
+                                 "per line; no id: its line number), or .csv/.parquet table (no id column: line/row number)")
+    a.add_argument("output", help="output file (jsonl, docbin, html, parquet) or folder (brat)")
+    a.add_argument("--format", choices=["jsonl", "brat", "docbin", "html", "parquet"], default=None,
+                   help="output format (default: from OUTPUT's suffix: .spacy docbin, .html html, .parquet parquet, else jsonl)")
+    a.add_argument("--input-format", choices=["txt", "jsonl", "csv", "parquet"], default=None,
+                   help="input form (default: a folder is txt, a file goes by its suffix)")
+    a.add_argument("--text-field", default="text", help="JSONL field / CSV or Parquet column of the text (default: text)")
+    a.add_argument("--id-field", default="id", help="JSONL field / CSV or Parquet column of the id (default: id)")
+    a.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="bad input documents: raise (default; the error names file and line) or log, count and skip")
+    a.add_argument("--batch-size", type=int, default=64, help="documents per nlp.pipe batch and per write+fsync (64)")
+    a.add_argument("--n-process", type=int, default=1, help="spaCy worker processes (local engine, CPU pipelines)")
+    a.add_argument("--gpu-id", type=int, default=-1, help="run the local engine on this GPU (default -1: CPU)")
+    a.add_argument("--resume", action="store_true",
+                   help="skip the ids already in OUTPUT and append (jsonl, brat); a truncated last line is removed first")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUTPUT")
+    a.add_argument("--html-limit", type=int, default=100, help="html format: render the first N documents (100)")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (this process) or ray (an actor pool; pip install spacy-tokner[ray])")
+    a.add_argument("--ray-address", help="join this Ray cluster (HOST:6379, or auto on a cluster node); "
+                                         "default: start a local cluster and stop it at the end")
+    a.add_argument("--ray-actors", type=int, default=2, help="actor pool size; each actor loads the pipeline once (2)")
+    a.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="CPUs each actor reserves (1)")
+    a.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPUs each actor reserves and runs spaCy on (0)")
+    a.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
+    a.add_argument("--ray-object-store-mb", type=int, default=None, help="object store of the local cluster, in MiB")
+    a.add_argument("--ray-block-size", type=int, default=256,
+                   help="documents per Ray block, the unit one actor takes (256); keep it well under docs/actors")
+    a.set_defaults(func=_cmd_annotate)
     return p
 
 
