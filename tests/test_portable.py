@@ -160,6 +160,35 @@ def test_unbundled_pipe_names_the_missing_base_and_takes_an_override(build, save
     assert_same(predictions(nlp), reference)
 
 
+def test_save_base_model_handles_bin_weights_and_keeps_narrow_ones(build, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tokner.lora.modeling import is_local_model, save_base_model
+    from tokner.tiny import copy_tokenizer_files
+
+    assert not is_local_model("HuggingFaceTB/SmolLM2-135M-Instruct") and not is_local_model("gpt2")
+    assert all(is_local_model(p) for p in (BASE_REL, "./model", "~/model", "/models/x", str(build["base"])))
+    source = load_file(str(build["base"] / "model.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(str(build["base"]))
+    # pytorch_model.bin weights: loaded with transformers, saved as bfloat16 safetensors
+    model.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    assert not (tmp_path / "bin" / "model.safetensors").exists()
+    copy_tokenizer_files(build["base"], tmp_path / "bin")
+    save_base_model(tmp_path / "bin", tmp_path / "from-bin")
+    copy = load_file(str(tmp_path / "from-bin" / "model.safetensors"))
+    assert set(copy) == set(source)
+    assert all(torch.equal(copy[k], t.to(torch.bfloat16)) for k, t in source.items())
+    assert json.loads((tmp_path / "from-bin" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    # a float16 base is no wider than bfloat16: copied as it is
+    model.half().save_pretrained(tmp_path / "fp16")
+    copy_tokenizer_files(build["base"], tmp_path / "fp16")
+    save_base_model(tmp_path / "fp16", tmp_path / "from-fp16", dtype="bfloat16")
+    assert ((tmp_path / "from-fp16" / "model.safetensors").read_bytes()
+            == (tmp_path / "fp16" / "model.safetensors").read_bytes())
+    assert (tmp_path / "from-fp16" / "tokenizer.json").exists()
+
+
 def test_bad_bundle_settings_are_refused():
     nlp = blank_nlp()
     with pytest.raises(ValueError, match="bundle_base"):
