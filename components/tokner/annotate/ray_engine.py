@@ -125,12 +125,19 @@ class SpacyActor:
 
 
 def _blocks(records: Iterable[Record], block_size: int) -> Iterator[List[Record]]:
+    """Records in lists of ``block_size``; on an InputError, the records read before it
+    come out as a last (short) block, then the error is raised."""
     block: List[Record] = []
-    for record in records:
-        block.append(record)
-        if len(block) >= block_size:
+    try:
+        for record in records:
+            block.append(record)
+            if len(block) >= block_size:
+                yield block
+                block = []
+    except InputError:
+        if block:
             yield block
-            block = []
+        raise
     if block:
         yield block
 
