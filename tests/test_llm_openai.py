@@ -22,7 +22,12 @@ pytest.importorskip("spacy_llm")
 import spacy  # noqa: E402
 
 import tokner.llm  # noqa: E402,F401
-from tokner.llm.cache import ModelBatchCache, fingerprint_digest, make_model_batch_cache  # noqa: E402
+from tokner.llm.cache import (  # noqa: E402
+    ModelBatchCache,
+    fingerprint_digest,
+    make_model_batch_cache,
+    model_fingerprint,
+)
 from tokner.llm.models.openai import (  # noqa: E402
     OpenAICompatibleError,
     answer_grammar,
@@ -631,7 +636,8 @@ def test_openai_fingerprint():
         "constraint": "regex", "constraint_field": "structured_outputs.regex", "labels": ["SIGN"],
         "config": {"top_p": 0.5}, "system_prompt": "sys", "max_tokens": "16+12n"}
     with_query = make_openai_compatible(base_url="https://h.example/v1?api-version=2024").fingerprint()
-    assert with_query["url"] == "https://h.example/v1/chat/completions" and len(with_query["url_sha256"]) == 64
+    assert with_query["url"] == "https://h.example/v1/chat/completions"
+    assert with_query["query_sha256"] == "cb64075b6d67aef40bf3ae97ba1b2721260682b66235792e6d7a6fe41b1f8073"
 
 
 def test_cache_outside_the_llm_component_needs_its_model(tmp_path):
@@ -650,3 +656,19 @@ def test_cache_outside_the_llm_component_needs_its_model(tmp_path):
     assert cache.model_path == tmp_path / "c" / f"model-{fingerprint_digest(cache.fingerprint)}"
     assert json.loads((cache.model_path / "model.json").read_text()) == cache.fingerprint
     assert isinstance(cache, ModelBatchCache) and make_model_batch_cache(path=None).model_path is None
+
+
+def test_models_without_fingerprint_are_keyed_by_class_and_settings():
+    class Other:  # e.g. one of spacy-llm's REST models
+        _name = "gpt-x"
+        _endpoint = "https://e.example/v1"
+        _config = {"temperature": 0}
+        _model = object()  # not a setting
+
+    with pytest.warns(UserWarning, match="has no fingerprint"):
+        fp = model_fingerprint(Other())
+    assert fp == {"class": f"{Other.__module__}.{Other.__qualname__}", "_name": "gpt-x",
+                  "_endpoint": "https://e.example/v1", "_config": {"temperature": 0}}
+    replay = make_replay_model()
+    replay._set_records([])
+    assert model_fingerprint(replay)["class"] == "tokner.llm.models.replay.ReplayModel"

@@ -16,7 +16,7 @@ model's fingerprint::
 so switching models over one folder asks the new model, and switching back finds the
 old answers again. A model's fingerprint is ``model.fingerprint()`` (a JSON-able dict
 of everything that changes its answers, never a secret), which tokner's models have;
-for other models, their class and the usual spacy-llm settings (``_name``,
+for other models, their class and the usual settings (``name``, spacy-llm's ``_name``,
 ``_endpoint``, ``_config``, ``_config_init``, ``_config_run``) stand in, with a warning.
 
 spacy-llm's ``llm`` component hands its cache the vocab and the task only
@@ -48,7 +48,7 @@ from spacy_llm.ty import PromptTemplateProvider
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "model.json"
-_FALLBACK_ATTRS = ("_name", "_endpoint", "_config", "_config_init", "_config_run")
+_FALLBACK_ATTRS = ("name", "_name", "_endpoint", "_config", "_config_init", "_config_run")
 
 
 def model_fingerprint(model: Any) -> Dict[str, Any]:
@@ -69,7 +69,7 @@ def model_fingerprint(model: Any) -> Dict[str, Any]:
         except (TypeError, ValueError):
             value = str(value) if isinstance(value, (str, Path)) else None
         if value is not None:
-            fp[attr.lstrip("_")] = value
+            fp[attr] = value
     warnings.warn(f"tokner.BatchCache.v1: {cls} has no fingerprint(); its cache folder is keyed by "
                   f"{sorted(fp)} only: settings outside these do not change the folder")
     return fp

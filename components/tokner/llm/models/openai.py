@@ -378,13 +378,14 @@ class OpenAICompatible:
             if insecure and not self.allow_insecure_key:
                 raise ValueError(f"{MODEL_NAME}: refusing to send base_url's credentials over plain http to "
                                  f"{parts.hostname}: use https, a loopback address, or allow_insecure_key = true")
-        # parts of the URL never shown in messages or logs: its query string and credentials (as
-        # written, decoded, and as the HTTP Basic auth token requests makes of them)
-        self._url_secrets = [s for s in (parts.query, parts.fragment, parts.password, parts.username) if s]
+        # parts of the URL never shown in messages or logs: its query string and password (as
+        # written, decoded, and inside the HTTP Basic auth token requests makes of the credentials)
+        self._url_query = parts.query
+        self._url_secrets = [s for s in (parts.query, parts.password) if s]
         if parts.username or parts.password:
             user, password = unquote(parts.username or ""), unquote(parts.password or "")
             token = base64.b64encode(f"{user}:{password}".encode("latin-1", errors="replace")).decode("ascii")
-            self._url_secrets += [s for s in (user, password, token) if s]
+            self._url_secrets += [s for s in (password, token) if s]
         self._sessions: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._stats_lock = threading.Lock()
         self.stats: Dict[str, int] = {"requests": 0, "tries": 0, "retries": 0, "failures": 0, "truncated": 0}
@@ -402,7 +403,8 @@ class OpenAICompatible:
 
     def fingerprint(self) -> Dict[str, Any]:
         """Everything that changes this model's answers (for ``tokner.BatchCache.v1``): no
-        key, and the URL without credentials or query (a hash of the full URL instead)."""
+        key or credentials, and the URL without its query string (which may select another
+        deployment, e.g. an ``api-version``: its hash stands in)."""
         fp: Dict[str, Any] = {
             "model": MODEL_NAME,
             "name": self.name,
@@ -414,8 +416,8 @@ class OpenAICompatible:
             "system_prompt": self.system_prompt,
             "max_tokens": "config" if "max_tokens" in self.config else self._max_tokens_rule(),
         }
-        if self._url_secrets:  # a query or credentials may select another deployment: hash the full URL
-            fp["url_sha256"] = hashlib.sha256(self.url.encode("utf-8")).hexdigest()
+        if self._url_query:
+            fp["query_sha256"] = hashlib.sha256(self._url_query.encode("utf-8")).hexdigest()
         return fp
 
     # --- requests ---------------------------------------------------------------------------
