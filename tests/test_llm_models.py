@@ -44,8 +44,14 @@ def test_hf_model_end_to_end(tiny_llama, tmp_path):
     for doc, text in zip(docs, texts):
         assert doc.text == text
         assert doc._.tokner_llm["units"] == len(list(doc.sents))
+        # constrained decoding (the default): every sentence's answer aligns fully
+        assert doc._.tokner_llm["fully_aligned"] == doc._.tokner_llm["units"]
         for ent in doc.ents:  # random weights: whatever was predicted sits on token boundaries
-            assert doc.char_span(ent.start_char, ent.end_char) == ent
+            span = doc.char_span(ent.start_char, ent.end_char)
+            assert (span.start, span.end) == (ent.start, ent.end)
+        scores = doc.spans["llm"].attrs["scores"]
+        assert [(s.start, s.end, s.label_) for s in doc.spans["llm"]] == [(e.start, e.end, e.label_) for e in doc.ents]
+        assert len(scores) == len(doc.ents) and all(0.0 < s <= 1.0 for s in scores)
     nlp.to_disk(tmp_path / "pipe")
     nlp2 = spacy.load(tmp_path / "pipe")
     assert [d.text for d in nlp2.pipe(texts)] == texts

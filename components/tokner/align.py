@@ -57,7 +57,8 @@ class AlignStats:
     orphan_inside: ``I-`` tags continuing nothing, turned into ``B-``; split_words:
     words spread over several lines; merged_lines: lines covering several words;
     empty: the answer had no lines; truncated: the last word was not reached;
-    fully_aligned: every word aligned, and no unknown or missing label.
+    fully_aligned: every word aligned, and no unknown or missing label;
+    parse_errors: answers whose alignment raised (a bug, logged; the unit is all ``O``).
     """
 
     words: int = 0
@@ -77,6 +78,7 @@ class AlignStats:
     empty: bool = False
     truncated: bool = False
     fully_aligned: bool = True
+    parse_errors: int = 0
 
     def to_dict(self) -> Dict[str, int]:
         return {k: int(v) for k, v in asdict(self).items()}

@@ -21,6 +21,7 @@ spacy-llm's cache) and are summed over the run in :attr:`TokenNERTask.alignment_
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -29,7 +30,7 @@ import jinja2.sandbox
 import srsly
 from spacy import util
 from spacy.language import Language
-from spacy.tokens import Doc
+from spacy.tokens import Doc, SpanGroup
 from spacy.training import Example
 
 from spacy_llm.registry import registry
@@ -40,6 +41,7 @@ from ..scorer import PAPER_LABELS, score_paper_ner
 from ..tags import sentence_token_lists, set_ents_from_tags
 from .retrieval import render_demo
 
+logger = logging.getLogger(__name__)
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 EXTENSION = "tokner_llm"
 
@@ -73,20 +75,24 @@ DEFAULT_TEMPLATE = read_template("token_ner.v1")
 class TokenPrompt(str):
     """A prompt string that also carries the words it asks about.
 
-    Any model sees a plain ``str``; length-aware models (``tokner.HFCausalLM.v1``
-    scales ``max_new_tokens`` to ``len(words)``) and the replay model (matches
-    responses by ``words``) read the attribute.
+    Any model sees a plain ``str``; models that know the task read the attributes:
+    ``tokner.HFCausalLM.v1`` decodes constrained over ``words`` and ``labels`` (or
+    scales free generation's ``max_new_tokens`` to ``len(words)``), the replay model
+    matches responses by ``words``, ``tokner.OpenAICompatible.v1`` builds its server-side
+    grammar from both.
     """
 
     words: Tuple[str, ...]
+    labels: Tuple[str, ...]
 
-    def __new__(cls, text: str, words: Sequence[str]) -> "TokenPrompt":
+    def __new__(cls, text: str, words: Sequence[str], labels: Sequence[str] = ()) -> "TokenPrompt":
         obj = super().__new__(cls, text)
         obj.words = tuple(words)
+        obj.labels = tuple(labels)
         return obj
 
     def __reduce__(self):
-        return (TokenPrompt, (str(self), self.words))
+        return (TokenPrompt, (str(self), self.words, self.labels))
 
 
 def _split_labels(labels: Union[str, Sequence[str]]) -> List[str]:
@@ -103,7 +109,12 @@ def _split_labels(labels: Union[str, Sequence[str]]) -> List[str]:
 def parse_responses(
     task: "TokenNERTask", shards: Iterable[Iterable[Doc]], responses: Iterable[Iterable[str]]
 ) -> Iterable[List[Tuple[List[str], AlignStats]]]:
-    """Default response parser: per doc, ``(tags, stats)`` for each prompted unit."""
+    """Default response parser: per doc, ``(tags, stats)`` for each prompted unit.
+
+    Model output never fails the pipeline: a missing answer is empty (all ``O``), a
+    non-string answer is read as its ``str``. An exception while aligning is a bug, not
+    model output: it is logged with its traceback, counted (``parse_errors`` in the
+    doc's alignment statistics) and the unit is tagged all ``O``."""
     for doc_shards, doc_responses in zip(shards, responses):
         doc = next(iter(doc_shards))
         units = task.units(doc)
@@ -111,11 +122,17 @@ def parse_responses(
         out = []
         for k, unit in enumerate(units):
             answer = answers[k] if k < len(answers) else ""
+            if answer is None:
+                answer = ""
             words = [doc[i].text for i in unit]
             try:
                 out.append(align_answer(words, answer if isinstance(answer, str) else str(answer), task.labels))
-            except Exception:  # never fail a pipeline on model output
-                out.append(align_answer(words, "", task.labels))
+            except Exception:  # a code error: keep the pipeline running, but say so
+                logger.exception("tokner.TokenNER.v1: aligning the answer for %r failed; the unit is tagged O",
+                                 " ".join(words)[:80])
+                tags, stats = align_answer(words, "", task.labels)
+                stats.parse_errors = 1
+                out.append((tags, stats))
         yield out
 
 
@@ -133,12 +150,14 @@ class TokenNERTask:
         parse_responses: Callable,
         scorer: Callable[..., Dict[str, Any]],
         max_unit_words: Optional[int] = None,
+        spans_key: Optional[str] = "llm",
     ):
         if unit not in ("sentence", "doc"):
             raise ValueError(f"tokner.TokenNER.v1: unit must be 'sentence' or 'doc', got {unit!r}")
         if max_unit_words is not None and int(max_unit_words) < 1:
             raise ValueError(f"tokner.TokenNER.v1: max_unit_words must be >= 1 or null, got {max_unit_words!r}")
         self._max_unit_words = int(max_unit_words) if max_unit_words else None
+        self._spans_key = spans_key
         self._labels = list(labels)
         self._template = template
         self._label_definitions = dict(label_definitions)
@@ -170,7 +189,7 @@ class TokenNERTask:
             examples=[render_demo(d) for d in examples],
             passages=list(passages),
         )
-        return TokenPrompt(text, words)
+        return TokenPrompt(text, words, self._labels)
 
     def generate_prompts(
         self, docs: Iterable[Doc], context_length: Optional[int] = None
@@ -186,17 +205,40 @@ class TokenNERTask:
             yield prompts, [doc] * max(1, len(prompts))
 
     def parse_responses(self, shards: Iterable[Iterable[Doc]], responses: Iterable[Iterable[str]]) -> Iterable[Doc]:
-        """Align each answer to its unit's tokens and set ``doc.ents`` from the tags."""
+        """Align each answer to its unit's tokens and set ``doc.ents`` from the tags.
+
+        Answers that carry label probabilities (constrained decoding) also give each
+        entity a score, the product of its tokens' label probabilities, in
+        ``doc.spans[spans_key]`` (``attrs["scores"]``), as the LoRA pipe does."""
         shards_list = [list(s) for s in shards]
-        for doc_shards, parsed in zip(shards_list, self._parse_responses(self, shards_list, responses)):
+        responses_list = [list(r) for r in responses]
+        parsed_all = self._parse_responses(self, shards_list, responses_list)
+        for doc_shards, doc_responses, parsed in zip(shards_list, responses_list, parsed_all):
             doc = doc_shards[0]
             tags = ["O"] * len(doc)
+            probs: Optional[List[float]] = [1.0] * len(doc)
             unit_stats: List[AlignStats] = []
-            for unit, (unit_tags, stats) in zip(self.units(doc), parsed):
+            for k, (unit, (unit_tags, stats)) in enumerate(zip(self.units(doc), parsed)):
                 for i, t in zip(unit, unit_tags):
                     tags[i] = t
                 unit_stats.append(stats)
+                unit_probs = getattr(doc_responses[k], "probs", None) if k < len(doc_responses) else None
+                if probs is not None and unit_probs is not None and len(unit_probs) == len(unit):
+                    for i, pr in zip(unit, unit_probs):
+                        probs[i] = pr
+                else:
+                    probs = None
             set_ents_from_tags(doc, tags)
+            if self._spans_key and probs is not None and unit_stats:
+                scores = []
+                for ent in doc.ents:
+                    s = 1.0
+                    for tok in ent:
+                        s *= probs[tok.i]
+                    scores.append(float(s))
+                group = SpanGroup(doc, name=self._spans_key, spans=list(doc.ents))
+                group.attrs["scores"] = scores
+                doc.spans[self._spans_key] = group
             summary = sum_stats(unit_stats)
             summary["units"] = summary.pop("answers")
             doc._.set(EXTENSION, summary)
@@ -259,13 +301,14 @@ class TokenNERTask:
 
     def get_cfg(self) -> Dict[str, Any]:
         return {"labels": self._labels, "label_definitions": self._label_definitions, "unit": self._unit,
-                "max_unit_words": self._max_unit_words}
+                "max_unit_words": self._max_unit_words, "spans_key": self._spans_key}
 
     def set_cfg(self, cfg: Dict[str, Any]) -> None:
         self._labels = list(cfg["labels"])
         self._label_definitions = dict(cfg["label_definitions"])
         self._unit = cfg["unit"]
         self._max_unit_words = cfg.get("max_unit_words")
+        self._spans_key = cfg.get("spans_key", self._spans_key)
 
     def to_disk(self, path: Path, *, exclude: Tuple[str, ...] = tuple()) -> None:
         path = Path(path)
@@ -337,6 +380,7 @@ def make_token_ner_task(
     parse_responses: Optional[Callable] = None,
     scorer: Optional[Callable[..., Dict[str, Any]]] = None,
     max_unit_words: Optional[int] = 300,
+    spans_key: Optional[str] = "llm",
 ) -> TokenNERTask:
     """Token-level NER task.
 
@@ -351,6 +395,9 @@ def make_token_ner_task(
         shard), so each prompt and its one-line-per-word answer fit the model's context;
         null: one prompt per Doc whatever its length. Ignored for unit="sentence".
     parse_responses: response parser (default: :func:`parse_responses`, alignment-based).
+    spans_key: where entity scores go when the model keeps label probabilities
+        (``tokner.HFCausalLM.v1`` constrained): ``doc.spans[spans_key]`` holds
+        ``doc.ents`` with ``attrs["scores"]``; null: not kept.
     scorer: scorer (default: ``tokner.paper_ner_scorer.v1`` with these labels' paper types).
     """
     labels_list = _split_labels(labels)
@@ -367,6 +414,7 @@ def make_token_ner_task(
         parse_responses=parse_responses or parse_responses_default(),
         scorer=scorer or score_paper_ner,
         max_unit_words=max_unit_words,
+        spans_key=spans_key,
     )
 
 
