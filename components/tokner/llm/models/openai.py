@@ -165,27 +165,33 @@ def tag_set(labels: Sequence[str]) -> List[str]:
     return out
 
 
+_CONTROL_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(text: str, backslashed: frozenset, hex_format: str) -> str:
+    """``text`` with each character of ``backslashed`` preceded by a backslash, newline,
+    CR and tab as ``\\n``/``\\r``/``\\t``, other control characters in ``hex_format``;
+    everything else, non-ASCII included, unchanged."""
+    out = []
+    for ch in text:
+        if ch in backslashed:
+            out.append("\\" + ch)
+        elif ch in _CONTROL_ESCAPES:
+            out.append(_CONTROL_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(hex_format.format(ord(ch)))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_GBNF_SPECIAL = frozenset('"\\')
+
+
 def gbnf_literal(text: str) -> str:
     """``text`` as a GBNF string literal (llama.cpp grammar syntax): ``"`` and ``\\`` escaped,
     control characters as ``\\xHH``; other characters, non-ASCII ones included, stay as UTF-8."""
-    out = ['"']
-    for ch in text:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    return '"' + _escape(text, _GBNF_SPECIAL, "\\x{:02X}") + '"'
 
 
 def answer_grammar(words: Sequence[str], labels: Sequence[str]) -> str:
@@ -207,21 +213,7 @@ def regex_literal(text: str) -> str:
     """``text`` as a regex matching it literally. Only the metacharacters ``\\.^$*+?{}[]()|``
     are escaped (``re.escape`` also escapes space, ``-``, ``#``, ``&``, ``~``, escapes that
     some guided-decoding regex engines reject); control characters become ``\\xHH``."""
-    out = []
-    for ch in text:
-        if ch in _REGEX_META:
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return _escape(text, _REGEX_META, "\\x{:02x}")
 
 
 def answer_regex(words: Sequence[str], labels: Sequence[str]) -> str:
