@@ -66,6 +66,32 @@ def test_generation_configs_resolve(tmp_path, name):
         overrides["components.llm.task.knowledge.index"] = bm25
     nlp = assemble(CONFIGS / f"{name}.cfg", tmp_path / "out", overrides)
     assert [e.text for e in nlp(TEXT).ents] == ["Marfan syndrome", "joint pain"]
-    cfg = spacy.util.load_config(CONFIGS / f"{name}.cfg")
-    cache = cfg["components"]["llm"]["cache"]["path"]
-    assert cache, f"{name}: spacy-llm's cache must be enabled"
+    cfg = spacy.util.load_config(CONFIGS / f"{name}.cfg", interpolate=True)
+    # no cache by default: a relative path would be created in whichever folder loads the pipeline
+    assert cfg["components"]["llm"]["cache"]["path"] is None
+    assert cfg["components"]["llm"]["cache"]["@llm_misc"] == "tokner.BatchCache.v1"
+    assert any(p.name.startswith("model-") for p in (tmp_path / "cache").iterdir()), "cache override not used"
+
+
+def test_project_assembles_llm_pipelines_with_a_cache_folder():
+    """The configs default to no cache; the project's assemble steps give each one its folder."""
+    import yaml
+
+    project = yaml.safe_load((ROOT / "project.yml").read_text())
+    steps = {c["name"]: c["script"] for c in project["commands"]}
+    for name in ("llm-zero", "llm-few", "llm-rag"):
+        assemble_line = next(line for line in steps[name] if "spacy assemble" in line)
+        assert f"--paths.cache ${{vars.cache}}/{name.replace('-', '_')}" in assemble_line, assemble_line
+
+
+def test_assembled_llm_pipeline_round_trips_through_bytes(tmp_path):
+    """nlp.to_bytes()/from_bytes() carry the task (labels, template) and the model's record."""
+    nlp = assemble(CONFIGS / "llm_replay.cfg", tmp_path / "out", {"paths.responses": str(_responses(tmp_path))})
+    data = nlp.to_bytes()
+    assert isinstance(nlp.get_pipe("llm").to_bytes(), bytes)
+    nlp2 = spacy.util.load_model_from_config(nlp.config, auto_fill=True).from_bytes(data)
+    assert [(e.text, e.label_) for e in nlp2(TEXT).ents] == [("Marfan syndrome", "RAREDISEASE"), ("joint pain", "SYMPTOM")]
+    # a local model's record (its absolute folder) travels too, and the weights are not loaded for it
+    hf = spacy.util.registry.llm_models.get("tokner.HFCausalLM.v1")(name=str(tmp_path))
+    copy = spacy.util.registry.llm_models.get("tokner.HFCausalLM.v1")(name="elsewhere").from_bytes(hf.to_bytes())
+    assert copy._recorded_path == str(tmp_path.resolve()) and hf._model is None and copy._model is None

@@ -141,6 +141,38 @@ def test_batched_cache_decoding_equals_reference(tokenizer):
     assert any(t != "O" for tags in expected for t in tags)
 
 
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), scale=st.sampled_from([4.0, 30.0]), bio=st.booleans())
+def test_speculation_drafts_whole_tags_and_changes_nothing(tokenizer, seed, scale, bio):
+    """Drafts continue the row's own tag pattern, ``B-X`` included (two decisions each):
+    tags and probabilities equal those decoded without speculation."""
+    import tokner.decoding.constrained as cd
+
+    codec = PromptCodec(tokenizer, ALL_LABELS)
+    model = tiny_llama(len(tokenizer), seed, scale)
+    sents = [["Alport", "syndrome", "causes", "hearing", "loss", "in", "boys", "."], ["Pain", "and", "fever", "."]]
+    plain, _ = constrained_decode(model, codec, sents, batch_size=2, bio=bio, speculate=0)
+    later = []
+    real_check = cd._Check
+
+    class Counting(real_check):
+        __slots__ = ()
+
+        def __init__(self, row, draft, first):
+            super().__init__(row, draft, first)
+            later.append(not first)
+
+    cd._Check = Counting
+    try:
+        drafted, stats = constrained_decode(model, codec, sents, batch_size=2, bio=bio, speculate=4)
+    finally:
+        cd._Check = real_check
+    assert [t for t, _ in drafted] == [t for t, _ in plain]
+    assert [p for _, ps in drafted for p in ps] == pytest.approx([p for _, ps in plain for p in ps], abs=1e-4)
+    if any(t.startswith("B-") for tags, _ in plain for t, u in zip(tags, tags[1:]) if u == t):
+        assert any(later), "a repeated B- tag was never drafted"
+
+
 def test_chunk_width_trades_pads_against_calls():
     assert chunk_width([3, 3, 12], None) == 12  # no call cost given: the longest chunk
     assert chunk_width([3, 3, 12], 0.0) == 3  # free calls: no pad slots

@@ -41,6 +41,28 @@ def test_paper_vars_file_only_sets_known_vars():
         bad.unlink()
 
 
+def test_paper_workflow_runs_no_offline_model_step_for_api_models():
+    """With llm_model = "gpt-4" no step materialises SmolLM2 into ./gpt-4 or depends on it."""
+    import yaml
+    from weasel.util import load_project_config
+
+    paper_vars = yaml.safe_load((ROOT / "configs" / "paper.vars.yml").read_text())
+    cfg = load_project_config(ROOT, overrides={f"vars.{k}": v for k, v in paper_vars.items()})
+    commands = {c["name"]: c for c in cfg["commands"]}
+    model = paper_vars["llm_model"]
+    for step in cfg["workflows"]["paper"]:
+        c = commands[step]
+        paths = list(c.get("deps", [])) + list(c.get("outputs", []))
+        assert not [p for p in paths if p.split("/")[0] == model], (step, paths)
+        assert not [line for line in c["script"] if "offline smollm2" in line], (step, c["script"])
+    # the `all` workflow still materialises the offline LLM it prompts and the folder its steps use
+    cfg_all = load_project_config(ROOT, overrides={"vars.raredis_dir": "x"})
+    all_cmds = {c["name"]: c for c in cfg_all["commands"]}
+    scripts = [line for step in cfg_all["workflows"]["all"] for line in all_cmds[step]["script"]]
+    offline = cfg_all["vars"]["llm_model"]
+    assert any(f"offline smollm2 {offline}" in line for line in scripts)
+
+
 def _debug_config(path, *overrides):
     out = subprocess.run([sys.executable, "-m", "spacy", "debug", "config", str(path), *overrides],
                          capture_output=True, text=True, cwd=ROOT)

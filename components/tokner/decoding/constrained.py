@@ -10,11 +10,12 @@ position ids, finished rows dropped from the cache). Rows' pending chunks differ
 length, and on a CPU every pad slot costs as much as a real token, so each call's
 width is chosen by :func:`chunk_width` (rows with a longer chunk feed a prefix and
 decide on a later call; the tags are the same). Most words are ``O``, so with
-``speculate`` > 0 a row also guesses ``O`` for its next words and feeds their pieces
-in the same chunk (speculative decoding with a fixed draft): one call checks every
-guess at once, the first wrong guess is replaced by the model's own choice and the
-tokens fed after it are masked out of the cache (their slots stay, unused). Greedy
-tags are unchanged (on the first 200 dev sentences: 132 calls instead of 302). The output is always one valid tag
+``speculate`` > 0 a row also guesses its next words' tags (:func:`_draft_target`) and feeds their pieces
+in the same chunk (speculative decoding, the draft taken from the row's own tags): one
+call checks every guess at once, the first wrong guess is replaced by the model's own
+choice and the tokens fed after it are masked out of the cache (their slots stay,
+unused). Greedy tags are unchanged (LoRA pipe, first 200 dev sentences, drafting ``O``
+only: 132 calls instead of 302). The output is always one valid tag
 per word, with its probability under the constrained distribution. ``label_bias``
 (:func:`choice_biases`) shifts the choices' log-probabilities by label before the
 argmax, a prior correction for types the model under-predicts.
@@ -68,7 +69,7 @@ STAT_FIELDS = ("sentences", "words", "model_calls", "decisions", "fed_tokens", "
 
 class _Row:
     __slots__ = ("words", "i", "node", "prev", "allowed", "pending", "tags", "probs", "prob", "pos", "choices", "bias",
-                 "done", "checks")
+                 "done", "checks", "follow", "target")
 
     def __init__(self, words: Sequence[str]):
         self.words = list(words)
@@ -82,23 +83,29 @@ class _Row:
         self.bias: Optional[List[float]] = None
         self.done = False
         self.checks: List["_Check"] = []  # drafted decisions inside ``pending``, in order
+        self.follow: Dict[str, str] = {}  # tag -> the tag that last followed it in this row (drafts)
+        self.target: Optional[str] = None  # the tag being drafted for the current word
 
 
 class _Check:
     """A drafted ``O`` decision at ``offset`` in a row's pending chunk, and the row's state before it."""
 
-    __slots__ = ("offset", "draft", "word", "node", "prev", "allowed", "choices", "bias", "prob")
+    __slots__ = ("offset", "draft", "word", "node", "prev", "allowed", "choices", "bias", "prob", "first")
 
-    def __init__(self, row: "_Row", draft: int):
+    def __init__(self, row: "_Row", draft: int, first: bool):
         self.offset = len(row.pending) - 1  # the token whose output gives this decision's logits
         self.draft = draft  # index of the guessed choice in ``choices``
         self.word = row.i  # also the index of the word's tag in ``row.tags``/``row.probs``
         self.node, self.prev, self.allowed = row.node, row.prev, row.allowed
         self.choices, self.bias, self.prob = row.choices, row.bias, row.prob
+        self.first = first  # the word's first decision (its tag's probability starts here)
 
     def restore(self, row: "_Row") -> None:
+        # a later decision of a word: the probability so far is the product of its verified checks
+        prob = self.prob if self.first else row.probs[self.word]
         row.i, row.node, row.prev, row.allowed = self.word, self.node, self.prev, self.allowed
-        row.choices, row.bias, row.prob, row.done = self.choices, self.bias, self.prob, False
+        row.choices, row.bias, row.prob, row.done = self.choices, self.bias, prob, False
+        row.target = None
         del row.tags[self.word:]
         del row.probs[self.word:]
 
@@ -144,6 +151,8 @@ def _advance(row: _Row, codec: LabelCodec, bio: bool, label_bias: Optional[Dict[
     while True:
         node = row.node
         if node.tag is not None:
+            row.follow[row.prev] = node.tag
+            row.target = None
             row.tags.append(node.tag)
             row.probs.append(row.prob)
             row.prev = node.tag
@@ -166,26 +175,53 @@ def _advance(row: _Row, codec: LabelCodec, bio: bool, label_bias: Optional[Dict[
         return
 
 
-def _o_choice(row: _Row) -> Optional[int]:
-    """Index of the choice that completes ``O`` at a word's first decision, else None."""
+def _draft_target(row: _Row) -> Optional[str]:
+    """The tag guessed for the next word: the one that followed the previous word's tag the
+    last time in this row, else ``I-X`` after ``B-X``/``I-X`` and ``O`` after ``O``; ``O``
+    when that is not allowed; None when neither is.
+
+    Measured on SmolLM2-135M zero-shot (8 dev sentences, bf16, one thread), a model
+    that repeats one tag (``B-SIGN B-SIGN ...``): drafting ``O`` only fed 3.2x the
+    tokens of no speculation and took 2.1x as long. A tuned model's tags are mostly
+    ``O`` and runs of ``I-X``, which this guess also gets.
+    """
+    guess = row.follow.get(row.prev) or ("O" if row.prev == "O" else "I-" + row.prev[2:])
+    for target in (guess, "O"):
+        if target in row.allowed:
+            return target
+    return None
+
+
+def _draft_choice(row: _Row) -> Optional[int]:
+    """Index of the choice on the path to ``row.target``, else None."""
     for k, (_, child) in enumerate(row.choices):
-        if child.tag == "O":
+        if row.target in child.tags:
             return k
     return None
 
 
 def _draft(row: _Row, codec: LabelCodec, bio: bool, label_bias: Optional[Dict[str, float]], speculate: int) -> None:
-    """Guess ``O`` for up to ``speculate`` words ahead: their tokens join the pending chunk and
-    one model call verifies them all (each guess becomes a :class:`_Check`)."""
-    while not row.done and len(row.checks) < speculate and row.node is codec.trie:
-        k = _o_choice(row)
+    """Guess the tags (:func:`_draft_target`) of up to ``speculate`` words ahead: their
+    tokens join the pending chunk and one model call verifies them all (each drafted
+    decision becomes a :class:`_Check`; a word's decisions are drafted all or none)."""
+    while not row.done:
+        first = row.node is codec.trie
+        if first:
+            if sum(c.first for c in row.checks) >= speculate:
+                break
+            row.target = _draft_target(row)
+            if row.target is None:
+                break
+        elif row.target is None:  # a real decision is due inside this word
+            break
+        k = _draft_choice(row)
         if k is None:
-            return
-        row.checks.append(_Check(row, k))
+            break
+        row.checks.append(_Check(row, k, first))
         tid, child = row.choices[k]
         row.pending.append(tid)
         row.node = child
-        _advance(row, codec, bio, label_bias)  # records O (probability filled in when verified)
+        _advance(row, codec, bio, label_bias)  # records the guessed tag once its last token is in
     if row.done and row.checks:  # nothing after the last guessed label is needed
         del row.pending[row.checks[-1].offset + 1:]
 
@@ -294,7 +330,7 @@ def constrained_decode_batch(model, codec: LabelCodec, sentences: Sequence[Seque
 
     ``head_kv`` (from :func:`head_cache`) starts every row from the cached instruction
     instead of feeding it again; ``call_cost`` caps each call's width
-    (:func:`chunk_width`); ``speculate`` > 0 guesses ``O`` for up to that many words
+    (:func:`chunk_width`); ``speculate`` > 0 guesses the tags of up to that many words
     ahead and verifies the guesses in the same call (a wrong guess is replaced by the
     model's choice and the tokens fed after it are masked out). None of the three
     changes the result. ``label_bias`` (see :func:`choice_biases`) is added to the
@@ -421,7 +457,10 @@ def constrained_decode_batch(model, codec: LabelCodec, sentences: Sequence[Seque
                     r.checks.pop(0)
                     k, pk = decide(r, check.word, check.allowed, lg, check.choices, check.bias)
                     if k == check.draft:
-                        r.probs[check.word] = pk
+                        if check.first:
+                            r.probs[check.word] = pk
+                        else:
+                            r.probs[check.word] *= pk
                         continue
                     # wrong guess: back to the state before it, masking out what was fed after it
                     check.restore(r)

@@ -7,7 +7,9 @@ Importing this package registers, in spacy-llm's registries:
   ``tokner.OpenAICompatible.v1`` (:mod:`.models`);
 * ``llm_misc``: ``tokner.TokenNERParser.v1``, ``tokner.FixedExamples.v1``,
   ``tokner.SimilarExamples.v1``, ``tokner.KnowledgePassages.v1``,
-  ``tokner.DenseIndex.v1``, ``tokner.BM25Index.v1`` (:mod:`.retrieval`).
+  ``tokner.DenseIndex.v1``, ``tokner.BM25Index.v1`` (:mod:`.retrieval`),
+  ``tokner.BatchCache.v1`` (:mod:`.cache`: spacy-llm's cache with one subfolder per
+  model fingerprint, so one model's answers are never served for another).
 
 The same names are declared as entry points (``spacy_llm_tasks``,
 ``spacy_llm_models``, ``spacy_llm_misc``), so ``spacy.load`` resolves them after a
@@ -23,6 +25,7 @@ from .task import (  # noqa: F401
     read_template,
     summarise_alignment,
 )
+from .cache import ModelBatchCache  # noqa: F401
 from .models import HFCausalLM, OpenAICompatible, ReplayModel  # noqa: F401
 from .retrieval import (  # noqa: F401
     BM25Index,
