@@ -95,3 +95,26 @@ def test_assembled_llm_pipeline_round_trips_through_bytes(tmp_path):
     hf = spacy.util.registry.llm_models.get("tokner.HFCausalLM.v1")(name=str(tmp_path))
     copy = spacy.util.registry.llm_models.get("tokner.HFCausalLM.v1")(name="elsewhere").from_bytes(hf.to_bytes())
     assert copy._recorded_path == str(tmp_path.resolve()) and hf._model is None and copy._model is None
+
+
+@pytest.mark.parametrize("content,name,message", [
+    (b"", "empty.txt", r"empty.txt: no responses in the file"),
+    (b"######\nFabry : B-RAREDISEASE\n\xff\xfe\n", "latin.txt", r"latin.txt:3: not UTF-8"),
+    (b'{"tokens": ["a"], "response": "a : O"}\n[1, 2]\n', "list.jsonl", r"list.jsonl: line 2 is not a JSON object"),
+    (b'{"tokens": ["a"], "response": "a : O"}\n{"tokens": \n', "broken.jsonl", r"broken.jsonl:2: not valid JSON"),
+    (b'{"tokens": ["a"]}\n', "noresp.jsonl", r"noresp.jsonl: line 1 has no 'response'"),
+])
+def test_bad_responses_file_fails_assemble_naming_file_and_line(tmp_path, content, name, message):
+    import subprocess
+    import sys
+
+    responses = tmp_path / name
+    responses.write_bytes(content)
+    out = tmp_path / "pipe"
+    proc = subprocess.run([sys.executable, "-m", "spacy", "assemble", str(CONFIGS / "llm_replay.cfg"), str(out),
+                           "--paths.responses", str(responses)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0
+    import re
+
+    assert re.search(message, proc.stdout + proc.stderr), proc.stdout + proc.stderr
+    assert not out.exists()  # nothing half-written

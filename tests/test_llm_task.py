@@ -199,7 +199,7 @@ def test_gold_stand_in_is_lossless_on_dev(tmp_path, dev_docs):
     # spaCy's uncut ents: only gold entities that cross a sentence boundary can differ
     crossing = sum(1 for eg in examples for e in eg.reference.ents
                    if any(t.is_sent_start for t in e[1:] if not t.is_space))
-    assert scores["ents_f"] == 1.0 or crossing > 0
+    assert (crossing, scores["ents_f"]) == (0, 1.0)  # dev has none, so spaCy's uncut ents agree too
     summary = summarise_alignment([eg.predicted for eg in examples])
     assert summary["units"] == 897 and summary["fully_aligned_fraction"] == 1.0
 
@@ -280,7 +280,10 @@ def test_few_shot_task_serialises_examples(tmp_path):
     prompt2 = next(iter(nlp2.get_pipe("llm").task.generate_prompts([doc])))[0][0]
     assert str(prompt2) == str(prompt)
     b = nlp.get_pipe("llm").to_bytes()
-    assert nlp2.get_pipe("llm").from_bytes(b) is not None
+    nlp3 = spacy.util.load_model_from_config(nlp.config, auto_fill=True)  # never initialized: no demonstrations
+    nlp3.get_pipe("llm").from_bytes(b)
+    prompt3 = next(iter(nlp3.get_pipe("llm").task.generate_prompts([doc])))[0][0]
+    assert str(prompt3) == str(prompt)
 
 
 def test_bm25_scores_match_reference_formula():

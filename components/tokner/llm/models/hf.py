@@ -40,6 +40,7 @@ from ._common import _flatten, _unflatten
 logger = logging.getLogger(__name__)
 
 DECODINGS = ("constrained", "free")
+DTYPES = ("auto", "fastest", "float32", "bfloat16", "float16")
 MODEL_FILE = "hf_model.json"
 
 
@@ -122,6 +123,8 @@ class HFCausalLM:
         self.grouped_attention = grouped_attention
         self.num_threads = num_threads
         self._use_chat_template_cfg = use_chat_template
+        if dtype not in DTYPES:
+            raise ValueError(f"tokner.HFCausalLM.v1: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self._dtype = dtype
         self._device_cfg = device
         self._recorded_path: Optional[str] = None
@@ -161,7 +164,13 @@ class HFCausalLM:
         source = self.resolve_name()
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(source, **self.config_init.get("tokenizer", {}))
-            torch_dtype = self._dtype if self._dtype == "auto" else getattr(torch, self._dtype)
+            self.device = self._device_cfg or ("cuda" if torch.cuda.is_available() else "cpu")
+            dtype = self._dtype
+            if dtype == "fastest":
+                from ...hardware import fastest_dtype
+
+                dtype = fastest_dtype(self.device)
+            torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
             model_kwargs = {k: v for k, v in self.config_init.items() if k != "tokenizer"}
             model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch_dtype, **model_kwargs)
         except OSError as e:
@@ -170,7 +179,6 @@ class HFCausalLM:
                 f"components.llm.model.name; offline default: python -m tokner.offline smollm2 "
                 f"assets/models/SmolLM2-135M-Instruct): {e}"
             ) from e
-        self.device = self._device_cfg or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(self.device).eval()
         if self.grouped_attention:
             from ...decoding.kvcache import use_grouped_attention
@@ -206,11 +214,20 @@ class HFCausalLM:
     def fingerprint(self) -> Dict[str, Any]:
         """Everything that changes the answers (for caches keyed by model)."""
         return {"model": "tokner.HFCausalLM.v1", "name": self.name, "decoding": self.decoding,
-                "bio_constraint": self.bio_constraint, "dtype": self._dtype,
+                "bio_constraint": self.bio_constraint, "dtype": self._resolved_dtype(),
                 "use_chat_template": self._use_chat_template_cfg, "system_prompt": self.system_prompt,
                 "max_new_tokens": self.max_new_tokens, "max_new_tokens_cap": self.max_new_tokens_cap,
                 "line_slack": self.line_slack, "entity_share": self.entity_share,
                 "prime_answer": self.prime_answer, "config_run": self.config_run}
+
+    def _resolved_dtype(self) -> str:
+        if self._dtype != "fastest":
+            return self._dtype
+        import torch
+
+        from ...hardware import fastest_dtype
+
+        return fastest_dtype(self._device_cfg or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     # --- prompts ------------------------------------------------------------------
 
@@ -427,8 +444,9 @@ def make_hf_causal_lm(
     use_chat_template: wrap the prompt as a user message when the tokenizer has a template.
     system_prompt: a system message before the prompt (chat template only).
     device: "cpu", "cuda", "cuda:1"... (None: cuda when available).
-    dtype: "auto" or a torch dtype name ("bfloat16" is several times faster than float32
-        on CPUs with AMX/AVX512-BF16).
+    dtype: "auto" (the checkpoint's dtype), "fastest" (bfloat16 where the device computes
+        it natively: a GPU with bf16, a CPU with AMX-BF16 or AVX512-BF16; else float32 on
+        a CPU, float16 on a GPU; see ``tokner.hardware``) or a torch dtype name.
     config_init / config_run: extra kwargs for ``from_pretrained`` / ``generate``
         (greedy unless ``config_run`` sets ``do_sample``; free only).
     progress: progress bar per batch.

@@ -27,31 +27,74 @@ def _key(tokens: Sequence[str]) -> Tuple[str, ...]:
     return tuple("".join(unicodedata.normalize("NFKC", t).split()).casefold() for t in tokens if t.strip())
 
 
+class ResponsesError(ValueError):
+    """A responses file that cannot be replayed (names the file and, where known, the line)."""
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ResponsesError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start}); "
+                             f"re-save the responses file as UTF-8") from None
+
+
 def read_responses(path: Path) -> List[Dict[str, Any]]:
     """Records ``{"tokens": [...] | None, "prompt": str | None, "response": str}`` from a
-    ``######`` file or JSONL/JSON (``tokens``, ``text`` or ``prompt`` + ``response``/``answer``/``output``)."""
+    ``######`` file or JSONL/JSON (``tokens``, ``text`` or ``prompt`` + ``response``/``answer``/``output``).
+
+    A file with no response at all, one that is not UTF-8, a JSONL line that is not a JSON
+    object or lacks a response raise :class:`ResponsesError` naming the file and line:
+    replaying nothing would answer every sentence all-``O`` and look like a result.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"responses file not found: {path}")
+    text = _read_text(path)
     records: List[Dict[str, Any]] = []
     if path.suffix in (".jsonl", ".json"):
-        raw = srsly.read_jsonl(path) if path.suffix == ".jsonl" else srsly.read_json(path)
-        for i, rec in enumerate(raw):
+        if path.suffix == ".json":
+            try:
+                data = srsly.json_loads(text)
+            except ValueError as e:
+                raise ResponsesError(f"{path}: not valid JSON: {e}") from None
+            if not isinstance(data, list):
+                raise ResponsesError(f"{path}: expected a JSON list of response objects")
+            raw = [(i + 1, rec) for i, rec in enumerate(data)]
+            where = "record"
+        else:
+            raw = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    raw.append((n, srsly.json_loads(line)))
+                except ValueError as e:
+                    raise ResponsesError(f"{path}:{n}: not valid JSON: {e}") from None
+            where = "line"
+        for n, rec in raw:
+            if not isinstance(rec, dict):
+                raise ResponsesError(f"{path}: {where} {n} is not a JSON object: {str(rec)[:60]!r}")
             resp = next((rec[k] for k in ("response", "answer", "output") if k in rec), None)
             if resp is None:
-                raise ValueError(f"{path}: record {i} has no 'response' (or 'answer'/'output')")
+                raise ResponsesError(f"{path}: {where} {n} has no 'response' (or 'answer'/'output')")
             if "tokens" in rec:
                 tokens = list(rec["tokens"])
             elif "text" in rec:
-                text = rec["text"]
-                tokens = [text[s:e] for s, e in paper_token_spans(text)]
+                t = rec["text"]
+                tokens = [t[s:e] for s, e in paper_token_spans(t)]
             else:
                 tokens = None
             records.append({"tokens": tokens, "prompt": rec.get("prompt"), "response": str(resp)})
-        return records
-    for block in split_blocks(path.read_text(encoding="utf-8")):
-        tokens = [t for t, _ in parse_answer_lines(block)]
-        records.append({"tokens": tokens, "prompt": None, "response": block})
+    else:
+        for block in split_blocks(text):
+            if not block.strip():
+                continue
+            tokens = [t for t, _ in parse_answer_lines(block)]
+            records.append({"tokens": tokens, "prompt": None, "response": block})
+    if not records:
+        raise ResponsesError(f"{path}: no responses in the file (empty, or no '######' blocks / JSON records)")
     return records
 
 
@@ -174,5 +217,10 @@ def make_replay_model(path: Optional[str] = None, min_similarity: float = 0.8, s
     """Replay recorded responses. `path`: ``######`` file or JSONL; a prompt's
     sentence is matched by its tokens (exactly, else the most similar token
     sequence with ratio >= min_similarity); no match answers "" (all ``O``) or
-    raises if `strict`. The file is read on first use and saved with the pipeline."""
-    return ReplayModel(path, min_similarity, strict)
+    raises if `strict`. The file is read when the model is built (so a bad file fails
+    ``spacy assemble`` before anything is written) and saved with the pipeline; a
+    pipeline loaded from disk uses its saved copy, so the file may be gone by then."""
+    model = ReplayModel(path, min_similarity, strict)
+    if path and Path(path).exists():
+        model._set_records(read_responses(Path(path)))
+    return model
