@@ -191,3 +191,14 @@ def test_missing_folder_and_bad_encoding(tmp_path, nlp):
     (tmp_path / "b.ann").write_text("", encoding="utf-8")
     with pytest.raises(BratFormatError, match=r"b\.txt: not valid UTF-8"):
         read_brat_docs(tmp_path, nlp.vocab)
+
+
+def test_relation_event_attribute_and_note_lines_are_counted(tmp_path, nlp):
+    (tmp_path / "a.txt").write_text("rash then fever.", encoding="utf-8")
+    (tmp_path / "a.ann").write_text(
+        "T1\tSIGN 0 4\trash\nT2\tSYMPTOM 10 15\tfever\nR1\tCauses Arg1:T1 Arg2:T2\nE1\tSIGN:T1\n"
+        "A1\tNegated T2\n#1\tAnnotatorNotes T1\tcheck\n", encoding="utf-8")
+    docs, st = read_brat_docs(tmp_path, nlp.vocab)
+    assert [(e.text, e.label_) for e in docs[0].ents] == [("rash", "SIGN"), ("fever", "SYMPTOM")]
+    assert st["ignored_non_entity_lines"] == 4
+    assert (st["ignored_lines_R"], st["ignored_lines_E"], st["ignored_lines_A"], st["ignored_lines_#"]) == (1, 1, 1, 1)

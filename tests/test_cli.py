@@ -113,3 +113,31 @@ def test_unpack_assets_verifies_content(brat_dev, brat_train, tmp_path):
         zf.writestr("dev/Extra.ann", "")
     with pytest.raises(ValueError, match="fingerprint"):
         main(["unpack-assets", str(dl), str(tmp_path / "raredis2")])
+
+
+def test_evaluate_refuses_what_would_look_like_a_zero_score(tmp_path):
+    """An empty DocBin, a --docs slice past the end and a pipeline without NER stop with a
+    message instead of writing all-zero metrics and exiting 0."""
+    from spacy.tokens import Doc
+
+    ruler_nlp = spacy.blank("en")
+    ruler_nlp.add_pipe("entity_ruler").add_patterns([{"label": "SIGN", "pattern": "fever"}])
+    ruler_nlp.to_disk(tmp_path / "ruler")
+    blank = spacy.blank("en")
+    blank.add_pipe("sentencizer")
+    blank.to_disk(tmp_path / "no_ner")
+    vocab = ruler_nlp.vocab
+    DocBin(docs=[Doc(vocab, words=["fever", "."], ents=["B-SIGN", "O"])]).to_disk(tmp_path / "one.spacy")
+    DocBin().to_disk(tmp_path / "empty.spacy")
+    out = tmp_path / "m.json"
+
+    assert main(["evaluate", str(tmp_path / "ruler"), str(tmp_path / "one.spacy"), "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["paper_micro5_f"] == 1.0  # the control: a real pipeline on a real doc
+    out.unlink()
+    with pytest.raises(SystemExit, match=r"empty.spacy: no documents to evaluate"):
+        main(["evaluate", str(tmp_path / "ruler"), str(tmp_path / "empty.spacy"), "--output", str(out)])
+    with pytest.raises(SystemExit, match=r"--docs 5:: selects none of the 1 documents"):
+        main(["evaluate", str(tmp_path / "ruler"), str(tmp_path / "one.spacy"), "--docs", "5:", "--output", str(out)])
+    with pytest.raises(SystemExit, match=r"no_ner: no component writes Doc.ents \(pipeline: sentencizer\)"):
+        main(["evaluate", str(tmp_path / "no_ner"), str(tmp_path / "one.spacy"), "--output", str(out)])
+    assert not out.exists()

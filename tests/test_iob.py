@@ -48,9 +48,13 @@ def test_write_read_round_trip(dev_csv, nlp, tmp_path):
         ("Token,Tag,Sentence_Num,Sentence_Num_Global,File\n,O,1,1,x.txt\n", r"x\.csv:2: empty token"),
         ("Token,Tag,Sentence_Num,Sentence_Num_Global,File\nA,O,1\n", r"x\.csv:2: expected 5 columns"),
         ("", r"x\.csv:1: empty file"),
+        ("Token,Tag,Sentence_Num,Sentence_Num_Global,File\n", r"x\.csv:2: no token rows after the header"),
+        ("Token,Tag,Sentence_Num,Sentence_Num_Global,File\nA,O,1,1,x.txt\n" * 1 + "caf\udce9,O,1,1,x.txt\n",
+         r"x\.csv:3: not UTF-8"),
     ],
 )
 def test_bad_csv(tmp_path, nlp, content, match):
-    (tmp_path / "x.csv").write_text(content, encoding="utf-8")
+    # surrogateescape writes the \udce9 above as the lone byte 0xE9 (Latin-1 "é")
+    (tmp_path / "x.csv").write_bytes(content.encode("utf-8", "surrogateescape"))
     with pytest.raises(IOBFormatError, match=match):
         read_iob_docs(tmp_path / "x.csv", nlp.vocab)

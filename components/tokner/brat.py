@@ -40,6 +40,7 @@ POLICY_COUNTS = (
     "docs", "entities", "discontinuous", "ents", "annotations_in_ents_unchanged",
     "ents_discontinuous_first_fragment", "annotations_not_in_ents_overlap", "ents_not_an_annotation",
     "tokens_split_for_boundaries", "unaligned_fragments", "quote_escape_warnings", "skipped_lines",
+    "ignored_non_entity_lines",
 )
 _ENTITY_FIELD = re.compile(r"^(?P<label>[^\s;]+) (?P<offsets>\d+ \d+(?:;\d+ \d+)*)$")
 # BRAT line kinds that are not text-bound entities: relations, events, attributes,
@@ -83,6 +84,9 @@ class BratDocument:
     ann_path: Optional[Path] = None
     warnings: List[str] = field(default_factory=list)
     skipped_lines: int = 0
+    # relation, event, attribute, modifier, normalization, note and equivalence lines
+    # (R, E, A, M, N, #, *): valid BRAT, not entities, so not converted; counted by kind
+    ignored: Counter = field(default_factory=Counter)
 
 
 def _read_text(path: Path) -> str:
@@ -179,7 +183,8 @@ def read_brat_document(txt_path: Path, ann_path: Path, on_error: str = "raise") 
     text = _read_text(txt_path)
     ann_text = _read_text(ann_path)
     entities, warnings, skipped = parse_ann(ann_text, text, ann_path, on_error=on_error)
-    return BratDocument(txt_path.stem, text, entities, txt_path, ann_path, warnings, skipped)
+    ignored = Counter(line[0] for line in ann_text.splitlines() if line.startswith(_OTHER_KINDS))
+    return BratDocument(txt_path.stem, text, entities, txt_path, ann_path, warnings, skipped, ignored)
 
 
 def iter_brat_dir(path: Path, on_error: str = "raise") -> Iterator[BratDocument]:
@@ -238,6 +243,9 @@ def brat_to_doc(vocab: Vocab, bdoc: BratDocument, spans_key: str = SPANS_KEY) ->
     stats["tokens_split_for_boundaries"] += len(doc) - len(plain)
     stats["quote_escape_warnings"] += sum("quote escaping" in w for w in bdoc.warnings)
     stats["skipped_lines"] += bdoc.skipped_lines
+    stats["ignored_non_entity_lines"] += sum(bdoc.ignored.values())
+    for kind, n in bdoc.ignored.items():
+        stats[f"ignored_lines_{kind}"] += n
     group = []
     for ent in bdoc.entities:
         stats["entities"] += 1

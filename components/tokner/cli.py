@@ -99,7 +99,17 @@ def _cmd_evaluate(args) -> int:
     except ValueError as e:
         raise SystemExit(f"--docs: {e}") from None
     nlp = spacy.load(args.model, config=overrides)
-    gold = load_gold_docs(Path(args.data), nlp)[docs]
+    from .evaluation import entity_writers
+
+    if not entity_writers(nlp):
+        raise SystemExit(f"{args.model}: no component writes Doc.ents (pipeline: {', '.join(nlp.pipe_names) or 'empty'}); "
+                         f"nothing to evaluate")
+    all_gold = load_gold_docs(Path(args.data), nlp)
+    if not all_gold:
+        raise SystemExit(f"{args.data}: no documents to evaluate")
+    gold = all_gold[docs]
+    if not gold or (args.limit and args.limit < 0):
+        raise SystemExit(f"--docs {args.docs}: selects none of the {len(all_gold)} documents in {args.data}")
     scores, examples = evaluate_pipeline(nlp, gold, batch_size=args.batch_size, limit=args.limit)
     scores["model"] = str(args.model)
     scores["overrides"] = overrides

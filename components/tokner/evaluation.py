@@ -34,6 +34,17 @@ def load_gold_docs(path: Path, nlp: Language) -> List[Doc]:
     return list(DocBin().from_disk(path).get_docs(nlp.vocab))
 
 
+def entity_writers(nlp: Language) -> List[str]:
+    """Names of the pipeline's components that write ``Doc.ents`` (their factory declares
+    ``doc.ents``, or spacy-llm's ``llm``, whose task decides what it writes)."""
+    out = []
+    for name in nlp.pipe_names:
+        meta = nlp.get_pipe_meta(name)
+        if "doc.ents" in (meta.assigns or []) or meta.factory == "llm":
+            out.append(name)
+    return out
+
+
 def parse_doc_slice(text: str) -> slice:
     """``"START:END"`` (either part may be empty, negatives count from the end) as a slice."""
     parts = str(text).split(":")

@@ -35,6 +35,19 @@ def read_iob_rows(path: Path) -> "OrderedDict[str, List[Tuple[str, str, int, int
     if not path.is_file():
         raise IOBFormatError(path, None, "IOB CSV not found")
     files: "OrderedDict[str, List]" = OrderedDict()
+    try:
+        return _read_rows(path, files)
+    except UnicodeDecodeError as e:
+        data = path.read_bytes()  # the stream's error is relative to a buffer: find the byte in the file
+        try:
+            data.decode("utf-8")
+            line, reason = None, e.reason
+        except UnicodeDecodeError as whole:
+            line, reason = data[: whole.start].count(b"\n") + 1, whole.reason
+        raise IOBFormatError(path, line, f"not UTF-8 ({reason}); re-save the CSV as UTF-8") from None
+
+
+def _read_rows(path: Path, files: "OrderedDict[str, List]") -> "OrderedDict[str, List]":
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         try:
@@ -67,6 +80,8 @@ def read_iob_rows(path: Path) -> "OrderedDict[str, List[Tuple[str, str, int, int
             if not name:
                 raise IOBFormatError(path, line, "empty File column")
             files.setdefault(name, []).append((token, tag, sent, sent_global, line))
+    if not files:
+        raise IOBFormatError(path, 2, "no token rows after the header")
     return files
 
 
