@@ -23,6 +23,13 @@ def _example(nlp: Language, ref: Doc) -> Example:
 
 
 def create_brat_reader(path: Path, on_error: str = "raise", limit: int = 0) -> Callable[[Language], Iterator[Example]]:
+    """Examples from a BRAT folder (``.txt`` + ``.ann`` pairs), converted as ``tokner convert`` does.
+
+    path: the folder (read recursively in sorted name order).
+    on_error: "raise" (a bad file or line stops with its name and line) or "skip" (logged,
+        counted, skipped).
+    limit: read only the first this many documents (0: all).
+    """
     def reader(nlp: Language) -> Iterator[Example]:
         docs, _ = read_brat_docs(Path(path), nlp.vocab, on_error=on_error)
         for doc in docs[: limit or None]:
@@ -32,6 +39,11 @@ def create_brat_reader(path: Path, on_error: str = "raise", limit: int = 0) -> C
 
 
 def create_iob_reader(path: Path, limit: int = 0) -> Callable[[Language], Iterator[Example]]:
+    """Examples from the paper authors' IOB CSV (``Token,Tag,Sentence_Num,Sentence_Num_Global,File``).
+
+    path: the CSV file; one Doc per ``File``, sentences by ``Sentence_Num``.
+    limit: read only the first this many documents (0: all).
+    """
     def reader(nlp: Language) -> Iterator[Example]:
         docs, _ = read_iob_docs(Path(path), nlp.vocab)
         for doc in docs[: limit or None]:

@@ -103,7 +103,13 @@ def score_paper_ner(examples: Iterable[Example], paper_types: Sequence[str] = PA
 
 
 def make_paper_ner_scorer(paper_types: List[str] = list(PAPER_LABELS)):
-    """Registered as ``tokner.paper_ner_scorer.v1`` in spaCy's ``scorers`` registry."""
+    """The paper's metric (``tokner.paper_ner_scorer.v1``, spaCy's ``scorers`` registry): strict
+    span match with entities cut at sentence starts, as seqeval reads sentences. Adds
+    ``paper_avg_{p,r,f}``, ``paper_micro5_{p,r,f}``, ``paper_micro_{p,r,f}`` and
+    ``spans_paper_per_type`` to spaCy's ``ents_*`` scores.
+
+    paper_types: the types averaged into "Avg" and "micro-5" (default the paper's five).
+    """
 
     def scorer(examples: Iterable[Example], **kwargs) -> Dict[str, Any]:
         return score_paper_ner(examples, paper_types=paper_types, **kwargs)

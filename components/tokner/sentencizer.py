@@ -56,4 +56,10 @@ class PaperSentencizer:
     default_config={"overwrite": True},
 )
 def make_sentencizer(nlp: Language, name: str, overwrite: bool) -> PaperSentencizer:
+    """Sentence starts by the paper's rule (the one ``tokner.PaperTokenizer.v1`` uses with
+    ``sentences = true``): every pipeline here starts with it, so prompts, decoding and
+    the scorer see the same sentences.
+
+    overwrite: replace sentence starts already set on the Doc (False keeps them).
+    """
     return PaperSentencizer(name, overwrite=overwrite)

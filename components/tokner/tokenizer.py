@@ -176,7 +176,12 @@ class PaperTokenizer:
 
 
 def create_paper_tokenizer(sentences: bool = False):
-    """Registered as ``tokner.PaperTokenizer.v1`` in spaCy's ``tokenizers`` registry."""
+    """The paper's tokenization (``tokner.PaperTokenizer.v1``, spaCy's ``tokenizers`` registry):
+    words, punctuation and whitespace runs as tokens, character offsets exact.
+
+    sentences: also set sentence starts (the rule ``tokner_sentencizer`` applies); off by
+        default, since the pipelines' first component sets them.
+    """
 
     def tokenizer_factory(nlp) -> PaperTokenizer:
         return PaperTokenizer(nlp.vocab, sentences=sentences)

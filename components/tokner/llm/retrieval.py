@@ -199,7 +199,11 @@ def _top_k(scores: numpy.ndarray, k: int) -> List[int]:
 
 @registry.llm_misc("tokner.BM25Index.v1")
 def make_bm25_index(k1: float = 1.5, b: float = 0.75) -> BM25Index:
-    """Okapi BM25 retrieval (no model needed)."""
+    """Okapi BM25 retrieval (no model needed).
+
+    k1: term-frequency saturation; b: document-length normalisation (the usual Okapi
+    parameters; 1.5 and 0.75 are the common defaults).
+    """
     return BM25Index(k1=k1, b=b)
 
 
@@ -210,7 +214,14 @@ def make_dense_index(
     max_length: int = 256,
     device: Optional[str] = None,
 ) -> DenseIndex:
-    """Embedding retrieval with a Hugging Face encoder (hub name or local folder)."""
+    """Embedding retrieval with a Hugging Face encoder (hub name or local folder): mean-pooled,
+    normalised embeddings, cosine similarity. The index is saved with the pipeline
+    together with the encoder's name, which loading checks.
+
+    model: the encoder (offline: ``assets/models/all-MiniLM-L6-v2``, from ``spacy project run models``).
+    batch_size: texts encoded together. max_length: tokens kept per text.
+    device: "cpu", "cuda"... (None: cuda when available).
+    """
     return DenseIndex(model=model, batch_size=batch_size, max_length=max_length, device=device)
 
 
@@ -435,13 +446,20 @@ def make_fixed_examples(
 ) -> FixedExamples:
     """k fixed demonstrations: the first k of an examples file (`path`), or k
     sentences drawn with `seed` from a DocBin (`source`; by default only sentences
-    with an entity and at most `max_words` tokens)."""
+    with an entity and at most `max_words` tokens).
+
+    require_entities: draw only sentences with at least one entity (with ``source``).
+    The demonstrations are stored with the pipeline, so the source may be gone later.
+    """
     return FixedExamples(path, source, k, seed, require_entities, max_words)
 
 
 @registry.llm_misc("tokner.SimilarExamples.v1")
 def make_similar_examples(source: str, index: Index, k: int = 3, max_words: int = 60) -> SimilarExamples:
-    """The k sentences of DocBin `source` most similar to the input, by `index`."""
+    """The k sentences of DocBin `source` most similar to the input, by `index`
+    (``tokner.DenseIndex.v1`` or ``tokner.BM25Index.v1``); sentences longer than
+    `max_words` tokens are not candidates. The index is built at ``nlp.initialize``
+    and saved with the pipeline."""
     return SimilarExamples(source, k, index, max_words)
 
 
@@ -454,5 +472,10 @@ def make_knowledge_passages(
     stride: int = 40,
     pattern: str = "*.txt",
 ) -> KnowledgePassages:
-    """The k chunks of the documents in `folder` most relevant to the input, by `index`."""
+    """The k chunks of the documents in `folder` most relevant to the input, by `index`
+    (background passages for RAG prompts).
+
+    chunk_words / stride: passages of this many words, starting every `stride` words.
+    pattern: which files of the folder to read (glob, recursive).
+    """
     return KnowledgePassages(folder, k, index, chunk_words, stride, pattern)

@@ -18,6 +18,8 @@ free generation.
 """
 from __future__ import annotations
 
+import inspect
+
 import logging
 import shutil
 import tempfile
@@ -52,7 +54,8 @@ class LoraNER:
     bio_constraint: in constrained decoding, forbid an I- tag that continues nothing.
     batch_size: sentences per model call.
     call_cost, speculate, label_bias: constrained decoding's width cap per call, words
-        guessed "O" ahead, and log-probability offsets per label
+        whose tags are guessed ahead and verified in one call, and log-probability
+        offsets per label
         (see :mod:`tokner.decoding.constrained`).
     max_new_tokens_factor: free generation's budget, in tokens per input token.
     merge_adapter: merge the adapter into the base weights once loaded (not with 4-bit).
@@ -526,3 +529,6 @@ def make_lora_ner(
         torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, torch_threads=torch_threads, bundle_base=bundle_base,
         bundle_dtype=bundle_dtype, spans_key=spans_key, scorer=scorer,
     )
+
+
+make_lora_ner.__doc__ = "The ``tokner_lora_ner`` pipe (:class:`LoraNER`).\n\n" + inspect.cleandoc(LoraNER.__doc__ or "")
