@@ -65,3 +65,47 @@ def test_evaluate_in_slices_then_score_docs_equals_one_run(ruler_model):
     assert main(["score-docs", str(d / "dev.spacy"), str(d / "b.spacy"), "--docs", "3:8"]) == 0
     with pytest.raises(SystemExit, match="--docs"):
         main(["evaluate", str(d / "model"), str(d / "dev.spacy"), "--docs", "first"])
+
+
+def test_token_confusion_counts_types_by_character_offsets():
+    from spacy.tokens import Doc
+
+    from tokner.report import confusion_markdown, token_confusion
+
+    vocab = spacy.blank("en").vocab
+    words = ["Epidermolysis", "bullosa", "causes", "skin", "blisters", "and", "pain", "."]
+    spaces = [True] * 6 + [False, False]
+    gold = Doc(vocab, words=words, spaces=spaces,
+               ents=["B-SKINRAREDISEASE", "I-SKINRAREDISEASE", "O", "B-SIGN", "I-SIGN", "O", "B-SYMPTOM", "O"])
+    # predicted on other tokens ("skin blisters" as one token): read by character offsets
+    pwords = ["Epidermolysis", "bullosa", "causes", "skin blisters", "and", "pain", "."]
+    pred = Doc(vocab, words=pwords, spaces=[True] * 5 + [False, False],
+               ents=["B-RAREDISEASE", "I-RAREDISEASE", "O", "B-SYMPTOM", "B-ANAPHOR", "O", "O"])
+    m = token_confusion([gold], [pred])
+    assert m["SKINRAREDISEASE"]["RAREDISEASE"] == 2
+    assert m["SIGN"]["SYMPTOM"] == 2  # both gold tokens lie inside the predicted "skin blisters"
+    assert m["O"]["O"] == 3  # causes, and (ANAPHOR is outside the five types), "."
+    assert m["SYMPTOM"]["O"] == 1
+    assert sum(sum(row.values()) for row in m.values()) == 8
+    table = confusion_markdown("x", m)
+    assert "| SKINRAREDISEASE | 0 | 2 | 0 | 0 | 0 | 0 |" in table  # columns DISEASE ... SYMPTOM, O
+    with pytest.raises(ValueError, match="predicted and gold documents differ"):
+        token_confusion([gold], [Doc(vocab, words=["other"])])
+
+
+def test_compare_appends_confusion_tables(ruler_model):
+    d = ruler_model
+    assert main(["evaluate", str(d / "model"), str(d / "dev.spacy"), "--output", str(d / "m.json"),
+                 "--save-docs", str(d / "pred.spacy")]) == 0
+    assert main(["compare", str(d / "reports"), "--metrics", f"ruler={d / 'm.json'}",
+                 "--docs", f"ruler={d / 'pred.spacy'}", "--gold", str(d / "dev.spacy")]) == 0
+    md = (d / "reports" / "comparison.md").read_text()
+    assert "## Token confusion per method" in md and "**ruler (8 docs)**" in md
+    # the ruler's wrong-typed pattern: gold "disorder" tokens that are not SYMPTOM but predicted SYMPTOM
+    from tokner.report import token_confusion
+
+    vocab = spacy.blank("en").vocab
+    m = token_confusion(list(DocBin().from_disk(d / "dev.spacy").get_docs(vocab)),
+                        list(DocBin().from_disk(d / "pred.spacy").get_docs(vocab)))
+    assert sum(m[g]["SYMPTOM"] for g in m if g != "SYMPTOM") > 0
+    assert f"| SIGN | {m['SIGN']['DISEASE']:,} |" in md

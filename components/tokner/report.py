@@ -20,7 +20,6 @@ PUBLISHED = [
     ("Llama2-MedTuned-7B 5-shot (Lu et al. 2024, test)", 0.251),
 ]
 HUMAN_AGREEMENT_F1 = 0.835
-SUMMARY_ROWS = ("AVG-5", "MICRO-5", "MICRO-ALL")
 
 
 def load_metrics(pairs: Sequence[Tuple[str, Path]]) -> Dict[str, Dict]:
@@ -148,6 +147,42 @@ def displacy_pages(gold_docs, pred_docs_by_method: Dict[str, list], path: Path, 
     return path
 
 
+def token_confusion(gold_docs, pred_docs, types: Sequence[str] = PAPER_LABELS) -> Dict[str, Dict[str, int]]:
+    """Token-level confusion of entity types: ``matrix[gold][predicted]`` counts the gold
+    documents' non-space tokens by the type of the gold entity and of the predicted
+    entity covering them (``O``: none, or a type outside ``types``). Predictions are
+    matched to the first ``len(pred_docs)`` gold documents and read by character offsets,
+    so their tokenization may differ from the gold one."""
+    keys = list(types) + ["O"]
+    matrix = {g: {p: 0 for p in keys} for g in keys}
+    for gold, pred in zip(gold_docs, pred_docs):
+        if gold.text != pred.text:
+            raise ValueError(f"predicted and gold documents differ (gold starts {gold.text[:40]!r}): "
+                             f"compare needs the predictions of the gold documents, in order")
+        pred_type = {}
+        for ent in pred.ents:
+            for c in range(ent.start_char, ent.end_char):
+                pred_type[c] = ent.label_ if ent.label_ in types else "O"
+        gold_type = {}
+        for ent in gold.ents:
+            for t in ent:
+                gold_type[t.i] = ent.label_ if ent.label_ in types else "O"
+        for t in gold:
+            if t.is_space:
+                continue
+            matrix[gold_type.get(t.i, "O")][pred_type.get(t.idx, "O")] += 1
+    return matrix
+
+
+def confusion_markdown(name: str, matrix: Dict[str, Dict[str, int]]) -> str:
+    keys = list(matrix)
+    lines = [f"**{name}** (tokens; rows gold, columns predicted)", "",
+             "| gold \\ predicted | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for g in keys:
+        lines.append(f"| {g} | " + " | ".join(f"{matrix[g][p]:,}" for p in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def compare(
     pairs: Sequence[Tuple[str, Path]],
     out_dir: Path,
@@ -180,4 +215,12 @@ def compare(
         gold_docs = list(DocBin().from_disk(gold).get_docs(vocab))
         preds = {name: list(DocBin().from_disk(p).get_docs(vocab)) for name, p in docs_pairs if Path(p).is_file()}
         result["html"] = displacy_pages(gold_docs, preds, out_dir / "errors.html", n_docs=n_docs)
+        if preds:
+            parts = ["\n## Token confusion per method\n",
+                     "Where each method's errors are: non-space tokens of the documents it was scored on, "
+                     "by gold type (rows) and predicted type (columns); `O` is outside any of the five types.\n"]
+            for name, docs in preds.items():
+                parts.append(confusion_markdown(f"{name} ({len(docs)} docs)", token_confusion(gold_docs, docs)))
+            with md.open("a", encoding="utf-8") as f:
+                f.write("\n".join(parts))
     return result
