@@ -85,6 +85,35 @@ def test_dense_index_neighbours(tmp_path):
     index.to_disk(tmp_path / "idx")
     again = DenseIndex(str(tmp_path / "enc")).from_disk(tmp_path / "idx", texts)
     assert again.search_many(["enlarged liver"], 2)[0][0] == 2
+    # another encoder than the one that embedded the index: refused, naming both
+    with pytest.raises(ValueError, match=r"embedded with .*enc.*, but the pipeline's encoder is 'other-encoder'"):
+        DenseIndex("other-encoder").from_disk(tmp_path / "idx", texts)
+    # the same model in another folder (a pipeline moved to another machine): used
+    import shutil
+
+    shutil.copytree(tmp_path / "enc", tmp_path / "moved" / "enc")
+    moved = DenseIndex(str(tmp_path / "moved" / "enc")).from_disk(tmp_path / "idx", texts)
+    assert moved.search_many(["enlarged liver"], 2)[0][0] == 2
+
+
+def test_missing_retrieval_index_folder_is_an_error(tmp_path):
+    from tokner.llm.retrieval import BM25Index, SimilarExamples
+
+    from spacy.tokens import Doc, DocBin
+    import spacy
+
+    vocab = spacy.blank("en").vocab
+    db = DocBin(docs=[Doc(vocab, words=["Marfan", "syndrome", "."], ents=["B-RAREDISEASE", "I-RAREDISEASE", "O"],
+                          sent_starts=[True, False, False])])
+    db.to_disk(tmp_path / "train.spacy")
+    sel = SimilarExamples(str(tmp_path / "train.spacy"), 1, BM25Index(), 60)
+    sel.initialize(spacy.blank("en"), labels=["RAREDISEASE"])
+    sel.to_disk(tmp_path / "sel")
+    import shutil
+
+    shutil.rmtree(tmp_path / "sel" / "index")
+    with pytest.raises(FileNotFoundError, match=r"sel/index: the retrieval index is missing"):
+        SimilarExamples(str(tmp_path / "train.spacy"), 1, BM25Index(), 60).from_disk(tmp_path / "sel")
 
 
 def test_openai_compatible_base_url(monkeypatch):

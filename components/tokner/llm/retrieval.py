@@ -180,6 +180,17 @@ class DenseIndex:
 
     def from_disk(self, path: Path, texts: Sequence[str]) -> "DenseIndex":
         path = Path(path)
+        cfg = srsly.read_json(path / "cfg.json") if (path / "cfg.json").exists() else {}
+        saved = cfg.get("model")
+        if saved and saved != self.model_name:
+            # queries must be embedded by the encoder that embedded the index
+            if Path(saved).name != Path(self.model_name).name:
+                raise ValueError(
+                    f"{path}: this index was embedded with {saved!r}, but the pipeline's encoder is "
+                    f"{self.model_name!r}; set the index's model to {saved!r} (or a copy of it), or "
+                    f"re-assemble the pipeline to re-embed the index")
+            logger.warning("%s: index embedded with %r, encoder now %r (same model name, another "
+                           "location): using it", path, saved, self.model_name)
         self.vectors = numpy.load(path / "vectors.npy")
         if self.vectors.shape[0] != len(texts):
             raise ValueError(f"{path}: {self.vectors.shape[0]} vectors for {len(texts)} indexed texts")
@@ -303,10 +314,6 @@ class _Selector:
     def _item_text(self, item: Any) -> str:
         raise NotImplementedError
 
-    @property
-    def is_ready(self) -> bool:
-        return bool(self.items) or getattr(self, "_initialized", False)
-
     def to_disk(self, path: Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -318,7 +325,11 @@ class _Selector:
     def from_disk(self, path: Path) -> "_Selector":
         path = Path(path)
         self.items = list(srsly.read_jsonl(path / self._FILE))
-        if self.index is not None and (path / "index").exists():
+        if self.index is not None:
+            if not (path / "index").exists():
+                raise FileNotFoundError(f"{path / 'index'}: the retrieval index is missing (the pipeline "
+                                        f"folder is incomplete); without it no demonstration or passage "
+                                        f"would be retrieved. Re-assemble the pipeline.")
             self.index.from_disk(path / "index", [self._item_text(it) for it in self.items])
         self._initialized = True
         return self
