@@ -10,9 +10,11 @@ from .scorer import PAPER_LABELS, ALL_LABELS, score_paper_ner  # noqa: F401
 from . import readers  # noqa: F401
 from . import lora  # noqa: F401  (registers tokner_lora_ner; torch/peft load only with a model)
 
-import importlib.util as _ilu
-
-if _ilu.find_spec("spacy_llm") is not None:
+try:  # spacy-llm is the optional `llm` extra
+    import spacy_llm as _spacy_llm  # noqa: F401
+except ImportError:
+    pass
+else:
     from . import llm  # noqa: F401  (registers tokner.TokenNER.v1 and its models/retrievers)
 
 __version__ = "0.1.0"
