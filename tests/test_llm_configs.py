@@ -74,14 +74,16 @@ def test_generation_configs_resolve(tmp_path, name):
 
 
 def test_project_assembles_llm_pipelines_with_a_cache_folder():
-    """The configs default to no cache; the project's assemble steps give each one its folder."""
+    """The configs default to no cache; the project's evaluation steps give each one its folder."""
     import yaml
 
     project = yaml.safe_load((ROOT / "project.yml").read_text())
     steps = {c["name"]: c["script"] for c in project["commands"]}
     for name in ("llm-zero", "llm-few", "llm-rag"):
         assemble_line = next(line for line in steps[name] if "spacy assemble" in line)
-        assert f"--paths.cache ${{vars.cache}}/{name.replace('-', '_')}" in assemble_line, assemble_line
+        assert "cache" not in assemble_line  # the saved pipeline keeps no (relative) cache path
+        eval_line = next(line for line in steps[name] if "llm_eval.py" in line)
+        assert f"--set components.llm.cache.path=${{vars.cache}}/{name.replace('-', '_')}" in eval_line, eval_line
 
 
 def test_assembled_llm_pipeline_round_trips_through_bytes(tmp_path):
