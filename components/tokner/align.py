@@ -39,7 +39,6 @@ _O_SPELLINGS = frozenset({"O", "0", "OUTSIDE", "NONE", "NULL", "NA", "N/A", "NO"
 _SEPARATORS = re.compile(r"\s*(?:->|=>|\t|\|)\s*")
 _LABEL_CHARS = re.compile(r"^[A-Za-z][A-Za-z0-9 _\-/]*$")
 _PREFIX = re.compile(r"^([BIESLU])\s*[-_:]\s*(.+)$", re.I)
-_WRAP = ("**", "__", "`", '"', "'", "[", "]", "(", ")", "<", ">")
 
 
 @dataclass

@@ -63,7 +63,7 @@ def set_ents_from_tags(doc: Doc, tags: Sequence[str]) -> Doc:
     return doc
 
 
-def doc_tags(doc: Doc, attr: str = "ents") -> List[str]:
+def doc_tags(doc: Doc) -> List[str]:
     """One BIO tag per token from ``doc.ents`` (whitespace tokens get "O")."""
     tags = ["O"] * len(doc)
     for ent in doc.ents:

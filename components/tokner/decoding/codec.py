@@ -9,7 +9,7 @@ instruction prompt) and the prompted ``tokner.HFCausalLM.v1`` (any prompt in fro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..paper_format import SEP
 

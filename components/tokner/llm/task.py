@@ -293,10 +293,6 @@ class TokenNERTask:
         }
         return self._template + "\n{# tokner: " + json.dumps(settings, sort_keys=True) + " #}\n"
 
-    def alignment_summary(self) -> Dict[str, float]:
-        """Totals over all docs parsed so far, plus fractions."""
-        return summarise_alignment([self.alignment_totals])
-
     # --- serialisation ----------------------------------------------------------------
 
     def get_cfg(self) -> Dict[str, Any]:

@@ -398,16 +398,13 @@ class LoraNER:
         bundled copy in ``path/base`` when there is one (and ``bundle_base`` is not false),
         else from ``base_model``; then the adapter.
 
-        exclude: "cfg" (ignore ``cfg.json``), "base" (ignore the bundled base).
+        exclude: "base" (ignore the bundled base).
         """
         from .modeling import ADAPTER_CONFIG
 
         path = Path(path)
-        if "cfg" not in exclude and (path / "cfg.json").exists():
-            saved = srsly.read_json(path / "cfg.json")
-            # the pipeline config (which spacy.load overrides) wins; cfg.json fills gaps
-            for k, v in saved.items():
-                self.cfg.setdefault(k, v)
+        # cfg.json (written by to_disk) is for people: the pipeline config, which spaCy
+        # passes in full (with spacy.load's overrides), always holds every setting
         if not (path / ADAPTER_CONFIG).exists():
             raise FileNotFoundError(f"[{self.name}] no {ADAPTER_CONFIG} in {path}")
         bundled = path / BASE_DIR

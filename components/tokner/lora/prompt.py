@@ -18,7 +18,7 @@ string ``render_answer(words, tags)``.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence
 
 from ..decoding.codec import LabelCodec, TrieNode, allowed_tags, bio_tags  # noqa: F401  (re-exported)
 from ..paper_format import render_tokens
