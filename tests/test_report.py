@@ -63,6 +63,12 @@ def test_evaluate_in_slices_then_score_docs_equals_one_run(ruler_model):
     with pytest.raises(SystemExit, match="b.spacy: doc 0 does not have the text of gold doc 0"):
         main(["score-docs", str(d / "dev.spacy"), str(d / "b.spacy"), "--docs", "0:5"])
     assert main(["score-docs", str(d / "dev.spacy"), str(d / "b.spacy"), "--docs", "3:8"]) == 0
+    # --subset: predictions of all 8 documents, scored on documents 3-7 only, equal the 3: run
+    assert main(["evaluate", str(d / "model"), str(d / "dev.spacy"), "--save-docs", str(d / "all.spacy")]) == 0
+    assert main(["score-docs", str(d / "dev.spacy"), str(d / "all.spacy"), "--docs", "3:", "--subset",
+                 "--output", str(d / "sub.json")]) == 0
+    sub = json.loads((d / "sub.json").read_text())
+    assert sub["docs"] == 5 and sub["spans_paper_per_type"] == parts[1]["spans_paper_per_type"]
     with pytest.raises(SystemExit, match="--docs"):
         main(["evaluate", str(d / "model"), str(d / "dev.spacy"), "--docs", "first"])
 

@@ -158,6 +158,9 @@ def _cmd_score_docs(args) -> int:
         if not Path(path).exists():
             raise SystemExit(f"predicted DocBin not found: {path}")
         predicted += [(path, i, d) for i, d in enumerate(DocBin().from_disk(path).get_docs(nlp.vocab))]
+    if args.subset:
+        # the predictions cover more documents than are scored: keep those of the --docs slice
+        predicted = predicted[docs]
     if len(predicted) != len(gold):
         raise SystemExit(f"{len(predicted)} predicted docs in {', '.join(args.predicted)} but {len(gold)} gold docs "
                          f"in {args.gold} [{args.docs}]")
@@ -312,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("gold", help="gold DocBin, BRAT folder or IOB CSV")
     d.add_argument("predicted", nargs="+", help="predicted DocBins, concatenated in order")
     d.add_argument("--docs", default=":", help="the gold documents they cover, as START:END (default all)")
+    d.add_argument("--subset", action="store_true",
+                   help="the predictions cover all the gold documents; score only those of --docs")
     d.add_argument("--output", help="metrics JSON")
     d.set_defaults(func=_cmd_score_docs)
 
