@@ -257,7 +257,18 @@ def _cmd_annotate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokner", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="tokner", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Token-level clinical NER (RareDis) as spaCy components: build the corpus, "
+                    "score any pipeline with the paper's metric, compare methods, and annotate your own notes.",
+        epilog="examples:\n"
+               "  python -m tokner convert ../shared/raredis corpus\n"
+               "  python -m tokner evaluate training/cnn/model-best corpus/dev.spacy --output metrics/cnn-dev.json\n"
+               "  python -m tokner annotate MODEL notes/ out.jsonl --resume\n"
+               "\nother entry points: python -m tokner.lora train|tune-bias (LoRA pipe), "
+               "python -m tokner.workflow all (the project's workflow, timed), python -m tokner.offline "
+               "(offline models), python -m tokner.reference (docs/reference.md).\n"
+               "The README is the manual; docs/ has one page per topic.")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
