@@ -63,6 +63,21 @@ def set_ents_from_tags(doc: Doc, tags: Sequence[str]) -> Doc:
     return doc
 
 
+def restrict_tags(tags: Sequence[str], labels: Optional[Sequence[str]]) -> List[str]:
+    """Tags whose label is not in ``labels`` become ``O`` (``I-`` after a dropped entity becomes ``B-``)."""
+    if labels is None:
+        return list(tags)
+    keep = set(labels)
+    out: List[str] = []
+    for t in tags:
+        if t != "O" and t[2:] not in keep:
+            t = "O"
+        if t.startswith("I-") and (not out or out[-1] == "O" or out[-1][2:] != t[2:]):
+            t = "B-" + t[2:]
+        out.append(t)
+    return out
+
+
 def doc_tags(doc: Doc) -> List[str]:
     """One BIO tag per token from ``doc.ents`` (whitespace tokens get "O")."""
     tags = ["O"] * len(doc)

@@ -37,6 +37,15 @@ from spacy.vectors import Vectors
 _WORDLIKE = re.compile(r"^[a-z][a-z0-9\-']*$")
 
 
+
+def mean_pool(hidden, mask):
+    """L2-normalised mean of ``hidden`` (batch, tokens, dim) over the positions where
+    ``mask`` (batch, tokens) is 1 (sentence-transformers' pooling); all-zero rows stay 0."""
+    import torch
+
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+
 def vocabulary(docbins: Sequence[Union[str, Path]], encoder_vocab: Iterable[str] = (), min_count: int = 1) -> List[str]:
     """Lower-cased words of the DocBins (whitespace tokens skipped) seen at least
     ``min_count`` times, plus the word-like entries of ``encoder_vocab``; sorted, unique."""
@@ -78,9 +87,7 @@ def embed_words(tok, model, words: Sequence[str], batch_size: int = 512, max_len
                       return_special_tokens_mask=True)
             special = enc.pop("special_tokens_mask")
             hidden = model(**enc).last_hidden_state
-            mask = (enc["attention_mask"] * (1 - special)).unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            pooled = mean_pool(hidden, enc["attention_mask"] * (1 - special))
             out[start : start + len(batch)] = pooled.float().numpy()
     return out
 

@@ -33,7 +33,8 @@ from tqdm import tqdm
 from spacy_llm.registry import registry
 
 from ..paper_format import render_answer, render_tokens, split_blocks
-from ..tags import doc_tags, sentence_token_lists
+from ..tags import doc_tags, restrict_tags, sentence_token_lists
+from ..vectors import mean_pool
 
 logger = logging.getLogger(__name__)
 
@@ -145,10 +146,7 @@ class DenseIndex:
                             max_length=self.max_length, return_tensors="pt").to(device)
             with torch.inference_mode():
                 hidden = self._model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            vec = torch.nn.functional.normalize(vec, dim=-1)
-            out.append(vec.float().cpu().numpy())
+            out.append(mean_pool(hidden, enc["attention_mask"]).float().cpu().numpy())
         if not out:
             return numpy.zeros((0, 0), dtype="float32")
         return numpy.concatenate(out, axis=0)
@@ -233,21 +231,6 @@ def make_dense_index(
 # --- demonstrations ---------------------------------------------------------------
 
 Demo = Dict[str, List[str]]  # {"tokens": [...], "tags": [...]}
-
-
-def restrict_tags(tags: Sequence[str], labels: Optional[Sequence[str]]) -> List[str]:
-    """Tags whose label is not in ``labels`` become ``O`` (``I-`` after a dropped entity becomes ``B-``)."""
-    if labels is None:
-        return list(tags)
-    keep = set(labels)
-    out: List[str] = []
-    for t in tags:
-        if t != "O" and t[2:] not in keep:
-            t = "O"
-        if t.startswith("I-") and (not out or out[-1] == "O" or out[-1][2:] != t[2:]):
-            t = "B-" + t[2:]
-        out.append(t)
-    return out
 
 
 def render_demo(demo: Demo) -> Dict[str, str]:

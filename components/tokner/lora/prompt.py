@@ -22,6 +22,7 @@ from typing import Iterable, List, Optional, Sequence
 
 from ..decoding.codec import LabelCodec, TrieNode, allowed_tags, bio_tags  # noqa: F401  (re-exported)
 from ..paper_format import render_tokens
+from ..tags import restrict_tags
 from ..scorer import PAPER_LABELS
 
 #: A one-line instruction: after tuning, the model no longer needs the definitions,
@@ -112,6 +113,5 @@ class PromptCodec(LabelCodec):
 
 
 def clean_tags(tags: Iterable[str], labels: Sequence[str]) -> List[str]:
-    """Gold tags restricted to ``labels`` (other types become ``O``)."""
-    keep = set(labels)
-    return [t if t == "O" or t[2:] in keep else "O" for t in tags]
+    """Gold tags restricted to ``labels`` (:func:`tokner.tags.restrict_tags`)."""
+    return restrict_tags(list(tags), labels)
