@@ -9,7 +9,7 @@ from __future__ import annotations
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from .tokenizer import SENT_END
+from .tokenizer import paper_sent_starts
 
 
 class PaperSentencizer:
@@ -22,14 +22,9 @@ class PaperSentencizer:
             return doc
         if not self.overwrite and doc.has_annotation("SENT_START"):
             return doc
-        pending = False
-        for i, token in enumerate(doc):
-            start = i == 0
-            if not token.is_space:
-                start = start or pending
-                pending = token.text in SENT_END and (
-                    bool(token.whitespace_) or i + 1 == len(doc) or doc[i + 1].is_space
-                )
+        starts = paper_sent_starts([t.text for t in doc], [bool(t.whitespace_) for t in doc],
+                                   [t.is_space for t in doc])
+        for token, start in zip(doc, starts):
             token.is_sent_start = start
         return doc
 
