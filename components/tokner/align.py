@@ -98,8 +98,12 @@ def sum_stats(stats: Iterable[AlignStats]) -> Dict[str, int]:
 
 # --- parsing ----------------------------------------------------------------------
 
-def _norm_text(s: str) -> str:
+def normalise_token(s: str) -> str:
+    """A token as answers are matched: NFKC, whitespace removed (callers case-fold as needed)."""
     return "".join(unicodedata.normalize("NFKC", s).split())
+
+
+_norm_text = normalise_token
 
 
 def _unwrap(token: str) -> str:

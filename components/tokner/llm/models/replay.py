@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
-import unicodedata
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -16,7 +15,7 @@ import srsly
 
 from spacy_llm.registry import registry
 
-from ...align import parse_answer_lines
+from ...align import normalise_token, parse_answer_lines
 from ...paper_format import split_blocks
 from ...tokenizer import paper_token_spans
 
@@ -24,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def _key(tokens: Sequence[str]) -> Tuple[str, ...]:
-    return tuple("".join(unicodedata.normalize("NFKC", t).split()).casefold() for t in tokens if t.strip())
+    return tuple(normalise_token(t).casefold() for t in tokens if t.strip())
 
 
 class ResponsesError(ValueError):
