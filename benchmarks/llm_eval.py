@@ -46,13 +46,9 @@ def main() -> int:
     from tokner.scorer import score_paper_ner
     from tokner.tags import sentence_token_lists
 
-    overrides = {}
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        try:
-            overrides[k] = json.loads(v)
-        except json.JSONDecodeError:
-            overrides[k] = v
+    from tokner.cli import parse_set_overrides
+
+    overrides = parse_set_overrides(args.set)
     if args.responses:
         overrides["components.llm.save_io"] = True
     t0 = time.perf_counter()

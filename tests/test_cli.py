@@ -141,3 +141,20 @@ def test_evaluate_refuses_what_would_look_like_a_zero_score(tmp_path):
     with pytest.raises(SystemExit, match=r"no_ner: no component writes Doc.ents \(pipeline: sentencizer\)"):
         main(["evaluate", str(tmp_path / "no_ner"), str(tmp_path / "one.spacy"), "--output", str(out)])
     assert not out.exists()
+
+
+def test_override_parsers():
+    from tokner.cli import parse_dotted_overrides, parse_set_overrides
+
+    assert parse_set_overrides(["a.b=3", "c.d=free", "e.f=null", "g.h=[1, 2]", "i.j="]) == {
+        "a.b": 3, "c.d": "free", "e.f": None, "g.h": [1, 2], "i.j": ""}
+    with pytest.raises(SystemExit, match="--set expects KEY=VALUE"):
+        parse_set_overrides(["nokey"])
+    args = ["--lora.max_minutes", "25", "--paths.train=corpus/train.spacy", "--training.flag", "--x.y", "[1,2]"]
+    expected = {"lora.max_minutes": 25, "paths.train": "corpus/train.spacy", "training.flag": True, "x.y": [1, 2]}
+    assert parse_dotted_overrides(args) == expected
+    from spacy.cli._util import parse_config_overrides  # what `spacy train` reads (reference)
+
+    assert parse_config_overrides(args) == expected
+    with pytest.raises(SystemExit, match="unrecognized argument 'stray'"):
+        parse_dotted_overrides(["stray"])

@@ -9,6 +9,44 @@ from pathlib import Path
 from typing import List, Optional
 
 
+def _json_or_str(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def parse_set_overrides(items: Optional[List[str]]) -> dict:
+    """``--set KEY=VALUE`` items as config overrides (VALUE read as JSON, else a string)."""
+    overrides = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = _json_or_str(value)
+    return overrides
+
+
+def parse_dotted_overrides(args: List[str]) -> dict:
+    """spaCy-style ``--section.key VALUE`` / ``--section.key=VALUE`` arguments as config
+    overrides (VALUE read as JSON, else a string; a flag without a value is true), as
+    ``spacy train`` reads them."""
+    out, i = {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise SystemExit(f"unrecognized argument {arg!r} (config overrides look like --section.key value)")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, i = args[i + 1], i + 1
+            else:
+                value = "true"
+        out[key.replace("-", "_")] = _json_or_str(value)
+        i += 1
+    return out
+
+
 def _cmd_convert(args) -> int:
     from .corpus import convert_corpus
 
@@ -85,15 +123,7 @@ def _cmd_evaluate(args) -> int:
 
     if args.gpu_id >= 0:
         spacy.require_gpu(args.gpu_id)
-    overrides = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_set_overrides(args.set)
     try:
         docs = parse_doc_slice(args.docs)
     except ValueError as e:

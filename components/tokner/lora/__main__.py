@@ -15,7 +15,7 @@ from typing import List, Optional
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from spacy.cli._util import parse_config_overrides
+    from ..cli import parse_dotted_overrides
 
     p = argparse.ArgumentParser(prog="python -m tokner.lora", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if extra:
             p.error(f"unrecognized arguments: {' '.join(extra)}")
         return tune_bias_command(args)
-    overrides = parse_config_overrides(extra)
+    overrides = parse_dotted_overrides(extra)
     from .train import train
 
     summary = train(args.config, args.output, overrides, resume=args.resume, progress=not args.no_progress)
