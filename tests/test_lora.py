@@ -244,3 +244,29 @@ def test_tune_bias_command_writes_a_pipeline_that_uses_the_bias(trained, tmp_pat
     with pytest.raises(ValueError, match="FEVER"):
         main(["tune-bias", str(out / "model-best"), str(out.parent / "train.spacy"), "--labels", "SIGN,FEVER",
               "--no-progress"])
+
+
+def test_bf16_autocast_trains_close_to_float32(tmp_path):
+    """[lora] autocast = "bfloat16": same data, seed and steps as float32, losses within bf16's
+    precision; the adapter weights stay float32. A bad setting fails before any work."""
+    from tokner.lora.train import train
+
+    base = make_tiny_llama(tmp_path / "tiny-llama")
+    nlp = spacy.blank("en", config={"nlp": {"tokenizer": {"@tokenizers": "tokner.PaperTokenizer.v1"}}})
+    nlp.add_pipe("tokner_sentencizer")
+    data = make_docbin(tmp_path / "train.spacy", nlp)
+    common = {"paths.train": str(data), "paths.dev": "", "paths.base_model": str(base), "lora.max_steps": 3,
+              "lora.max_minutes": 0, "lora.batch_size": 2, "lora.eval_every": 0, "lora.save_every": 0,
+              "lora.r": 4, "lora.alpha": 8, "components.tokner_lora_ner.device": "cpu"}
+    runs = {}
+    for setting in ("float32", "bfloat16"):
+        runs[setting] = train(ROOT / "configs" / "lora.cfg", tmp_path / setting, {**common, "lora.autocast": setting},
+                              progress=False)
+    a, b = runs["float32"]["loss_last_20_this_run"], runs["bfloat16"]["loss_last_20_this_run"]
+    assert a != b and abs(a - b) / a < 0.05, (a, b)  # bf16 arithmetic really ran, and trains the same
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "bfloat16" / "checkpoints" / "best" / "adapter_model.safetensors"))
+    assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
+    with pytest.raises(ValueError, match=r"autocast must be one of float32, bfloat16, fastest"):
+        train(ROOT / "configs" / "lora.cfg", tmp_path / "bad", {**common, "lora.autocast": "bf16"}, progress=False)

@@ -65,7 +65,30 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "oversample": {},
     "log_every": 10,
     "torch_threads": 0,
+    # "float32"; "bfloat16": forward and backward under torch.autocast in bf16 (adapter
+    # weights and optimizer state stay float32); "fastest": bfloat16 where the device
+    # computes it natively (tokner.hardware), else float32
+    "autocast": "float32",
 }
+
+AUTOCAST = ("float32", "bfloat16", "fastest")
+
+
+def autocast_context(setting: str, device):
+    """The ``torch.autocast`` context for ``[lora] autocast`` on ``device`` (a no-op for float32)."""
+    import contextlib
+
+    import torch
+
+    if setting not in AUTOCAST:
+        raise ValueError(f"[lora] autocast must be one of {', '.join(AUTOCAST)}, got {setting!r}")
+    if setting == "fastest":
+        from ..hardware import fastest_dtype
+
+        setting = "bfloat16" if fastest_dtype(str(device)) == "bfloat16" else "float32"
+    if setting == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 def peak_rss_mb() -> float:
@@ -110,6 +133,9 @@ def load_training_config(config_path, overrides: Optional[Dict[str, Any]] = None
     if unknown:
         raise ValueError(f"{config_path}: unknown settings in [lora]: {sorted(unknown)}")
     settings.update(resolved.get("lora", {}))
+    if settings["autocast"] not in AUTOCAST:
+        raise ValueError(f"{config_path}: [lora] autocast must be one of {', '.join(AUTOCAST)}, "
+                         f"got {settings['autocast']!r}")
     return nlp, resolved, settings
 
 
@@ -296,7 +322,8 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
         for mi in range(state["micro_in_epoch"], len(batches)):
             batch = collate([encoded[pool[i]] for i in batches[mi]], codec.pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            with autocast_context(T["autocast"], device):
+                loss = model(**batch).loss
             (loss / accum).backward()
             losses.append(loss.item())
             state["tokens_seen"] += int(batch["attention_mask"].sum())
@@ -352,6 +379,7 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
         "truncated": n_truncated,
         "seq_len_mean": sum(lengths) / max(1, len(lengths)), "tokens_seen": state["tokens_seen"],
         "train_seconds": state["train_seconds"], "sec_per_step_this_run": (sum(step_times) / len(step_times)) if step_times else None,
+        "loss_last_20_this_run": (sum(losses[-20:]) / len(losses[-20:])) if losses else None,
         "trainable_params": n_trainable, "best_step": state["best_step"], "best_score": state["best_score"],
         "selection_metric": T["selection_metric"], "eval_docs": len(dev_docs), "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mb": peak_gpu_mb(), "wall_seconds": time.perf_counter() - wall_start, "settings": T,
