@@ -3,6 +3,22 @@
 Importing the package registers its tokenizer, sentencizer, readers and scorer
 (they are also exposed through entry points, so ``spacy.load`` finds them after a
 plain ``pip install``).
+
+The modules, by layer:
+
+* text and corpus: ``tokenizer`` (the paper's tokens), ``sentencizer``, ``brat`` and
+  ``iob`` (the two source formats), ``corpus`` (``tokner convert``), ``readers`` (spaCy
+  ``[corpora]`` readers), ``vectors`` (static vectors for the CNN);
+* tags and answers: ``tags`` (BIO <-> spans), ``paper_format`` (the ``token : label``
+  answer format), ``align`` (model answers -> one tag per token);
+* scoring: ``scorer`` (the paper's metric), ``evaluation`` (``tokner evaluate``),
+  ``report`` (``tokner compare``);
+* methods: ``llm`` (prompted LLMs on spacy-llm), ``lora`` (the LoRA pipe and its
+  training), ``decoding`` (constrained decoding and KV caches, shared by both);
+* running: ``annotate`` (``tokner annotate``, local and Ray), ``cli``, ``workflow``
+  (the project's workflows, timed), ``offline`` (the offline models), ``hardware``
+  (native bf16), ``reference`` (docs/reference.md), ``tiny`` (tiny random models for the
+  tests and the CUDA smoke benchmark).
 """
 from .tokenizer import PaperTokenizer, create_paper_tokenizer, make_doc  # noqa: F401
 from .sentencizer import PaperSentencizer  # noqa: F401
