@@ -88,7 +88,7 @@ class _Row:
 
 
 class _Check:
-    """A drafted ``O`` decision at ``offset`` in a row's pending chunk, and the row's state before it."""
+    """A drafted decision at ``offset`` in a row's pending chunk, and the row's state before it."""
 
     __slots__ = ("offset", "draft", "word", "node", "prev", "allowed", "choices", "bias", "prob", "first")
 

@@ -165,11 +165,7 @@ class HFCausalLM:
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(source, **self.config_init.get("tokenizer", {}))
             self.device = self._device_cfg or ("cuda" if torch.cuda.is_available() else "cpu")
-            dtype = self._dtype
-            if dtype == "fastest":
-                from ...hardware import fastest_dtype
-
-                dtype = fastest_dtype(self.device)
+            dtype = self._resolved_dtype()
             torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
             model_kwargs = {k: v for k, v in self.config_init.items() if k != "tokenizer"}
             model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch_dtype, **model_kwargs)
@@ -221,6 +217,7 @@ class HFCausalLM:
                 "prime_answer": self.prime_answer, "config_run": self.config_run}
 
     def _resolved_dtype(self) -> str:
+        """``dtype`` with "fastest" resolved for the device (without loading the model)."""
         if self._dtype != "fastest":
             return self._dtype
         import torch
