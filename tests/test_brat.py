@@ -187,9 +187,9 @@ def test_quote_escaping_converts_with_warning(tmp_path, nlp, caplog):
 def test_missing_folder_and_bad_encoding(tmp_path, nlp):
     with pytest.raises(BratFormatError, match="BRAT folder not found"):
         read_brat_docs(tmp_path / "nope", nlp.vocab)
-    (tmp_path / "b.txt").write_bytes(b"\xff\xfe bad")
+    (tmp_path / "b.txt").write_bytes(b"fine\r\nstill fine\n\xff\xfe bad")
     (tmp_path / "b.ann").write_text("", encoding="utf-8")
-    with pytest.raises(BratFormatError, match=r"b\.txt: not valid UTF-8"):
+    with pytest.raises(BratFormatError, match=r"b\.txt:3: not valid UTF-8"):  # the line of the first bad byte
         read_brat_docs(tmp_path, nlp.vocab)
 
 

@@ -29,6 +29,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab
 
+from .textfile import NotUTF8, read_utf8
 from .tags import spans_from_tags
 from .tokenizer import make_doc
 
@@ -90,12 +91,11 @@ class BratDocument:
 
 
 def _read_text(path: Path) -> str:
-    # newline="" keeps "\r\n" as two characters: BRAT offsets count them.
+    # "\r\n" stays two characters: BRAT offsets count them.
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            return f.read()
-    except UnicodeDecodeError as e:
-        raise BratFormatError(path, None, f"not valid UTF-8 ({e})") from e
+        return read_utf8(path, keep_newlines=True)
+    except NotUTF8 as e:
+        raise BratFormatError(path, e.line, f"not valid UTF-8 ({e.reason})") from None
 
 
 def _quotes_only_differ(a: str, b: str) -> bool:

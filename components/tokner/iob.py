@@ -10,6 +10,7 @@ files it can repeat across files (their ``groupby`` then merges two sentences).
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Iterable, List, Sequence, Tuple
@@ -17,6 +18,7 @@ from typing import Iterable, List, Sequence, Tuple
 from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab
 
+from .textfile import NotUTF8, read_utf8
 from .tags import doc_tags, is_valid_tag, sentence_token_lists, spans_from_tags
 
 COLUMNS = ("Token", "Tag", "Sentence_Num", "Sentence_Num_Global", "File")
@@ -36,19 +38,10 @@ def read_iob_rows(path: Path) -> "OrderedDict[str, List[Tuple[str, str, int, int
         raise IOBFormatError(path, None, "IOB CSV not found")
     files: "OrderedDict[str, List]" = OrderedDict()
     try:
-        return _read_rows(path, files)
-    except UnicodeDecodeError as e:
-        data = path.read_bytes()  # the stream's error is relative to a buffer: find the byte in the file
-        try:
-            data.decode("utf-8")
-            line, reason = None, e.reason
-        except UnicodeDecodeError as whole:
-            line, reason = data[: whole.start].count(b"\n") + 1, whole.reason
-        raise IOBFormatError(path, line, f"not UTF-8 ({reason}); re-save the CSV as UTF-8") from None
-
-
-def _read_rows(path: Path, files: "OrderedDict[str, List]") -> "OrderedDict[str, List]":
-    with open(path, encoding="utf-8", newline="") as f:
+        text = read_utf8(path, keep_newlines=True)
+    except NotUTF8 as e:
+        raise IOBFormatError(path, e.line, f"not UTF-8 ({e.reason}); re-save the CSV as UTF-8") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         try:
             header = next(reader)

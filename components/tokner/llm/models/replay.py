@@ -16,6 +16,7 @@ import srsly
 from spacy_llm.registry import registry
 
 from ...align import normalise_token, parse_answer_lines
+from ...textfile import NotUTF8, read_utf8
 from ...paper_format import split_blocks
 from ...tokenizer import paper_token_spans
 
@@ -32,11 +33,9 @@ class ResponsesError(ValueError):
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise ResponsesError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start}); "
-                             f"re-save the responses file as UTF-8") from None
+        return read_utf8(path)
+    except NotUTF8 as e:
+        raise ResponsesError(f"{e}; re-save the responses file as UTF-8") from None
 
 
 def read_responses(path: Path) -> List[Dict[str, Any]]:
