@@ -27,6 +27,8 @@ def main() -> int:
     p.add_argument("config", help="a .cfg file (assembled here) or a pipeline folder")
     p.add_argument("--dev", default="corpus/dev.spacy")
     p.add_argument("--max-sentences", type=int, default=0, help="0: all of dev")
+    p.add_argument("--docs", default=":", help="dev documents to take from, as START:END (default all): "
+                   "split one evaluation over several processes, then join with `tokner score-docs`")
     p.add_argument("--output")
     p.add_argument("--save-pipeline", help="also write the assembled pipeline here")
     p.add_argument("--responses", help="write the raw responses as JSONL ({tokens, response} per prompt): "
@@ -63,6 +65,9 @@ def main() -> int:
         nlp.to_disk(args.save_pipeline)
 
     gold = list(DocBin().from_disk(args.dev).get_docs(nlp.vocab))
+    from tokner.evaluation import parse_doc_slice
+
+    gold = gold[parse_doc_slice(args.docs)]
     docs, n_sents = [], 0
     for g in gold:
         if args.max_sentences and n_sents >= args.max_sentences:
@@ -90,7 +95,7 @@ def main() -> int:
     scores = score_paper_ner(examples)
     align = summarise_alignment(preds)
     scores.update({
-        "config": args.config, "overrides": overrides, "docs": len(docs), "sentences": n_sents,
+        "config": args.config, "overrides": overrides, "docs": len(docs), "doc_slice": args.docs, "sentences": n_sents,
         "seconds": seconds, "sentences_per_second": n_sents / seconds if seconds else 0.0,
         "speed_words_per_second": sum(1 for d in docs for t in d if not t.is_space) / seconds if seconds else 0.0,
         "setup_seconds": build_s, "alignment": align,
