@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RAREDIS_DIR ?= $(shell [ -d ../shared/raredis ] && echo ../shared/raredis || echo assets/raredis)
 PYTEST_ARGS ?=
 # llama.cpp's server (llama-cpp-python) has no binary wheel on PyPI: it is built once from
-# source (about 14 min on a 2-core CPU) into this folder and reused from there. On x86-64 it
+# source (4 min on a 2-core AMX Xeon, 14 on an older 2-core VM) into this folder and reused. On x86-64 it
 # is built without AMX: ggml's AMX kernels crash on Xeons whose kernel gives AMX tile state
 # per thread (general protection fault in libggml-cpu.so at the first request, seen on this
 # project's AMX-BF16 Xeon; llama.cpp PR 26954); AVX-512 and the rest of -march=native stay.
