@@ -312,6 +312,7 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
 
     # -- loop -------------------------------------------------------------------------
     model.train()
+    amp = autocast_context(T["autocast"], device)  # resolved once; torch.autocast can be re-entered
     bar = tqdm(total=max_steps, initial=state["step"], desc="train-lora", unit="step", disable=not progress)
     step_times: List[float] = []
     stop_reason = "max_steps" if state["step"] >= max_steps else None
@@ -322,7 +323,7 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
         for mi in range(state["micro_in_epoch"], len(batches)):
             batch = collate([encoded[pool[i]] for i in batches[mi]], codec.pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast_context(T["autocast"], device):
+            with amp:
                 loss = model(**batch).loss
             (loss / accum).backward()
             losses.append(loss.item())
