@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # Local RareDis copy when there is one (no download needed), else the project's assets.
 RAREDIS_DIR ?= $(shell [ -d ../shared/raredis ] && echo ../shared/raredis || echo assets/raredis)
 PYTEST_ARGS ?=
+# steps of `make all` run at once (each with cores // JOBS threads); 1: one after another
+JOBS ?= 2
 # llama.cpp's server (llama-cpp-python) has no binary wheel on PyPI: it is built once from
 # source (4 min on a 2-core AMX Xeon, 14 on an older 2-core VM) into this folder and reused. On x86-64 it
 # is built without AMX: ggml's AMX kernels crash on Xeons whose kernel gives AMX tile state
@@ -40,7 +42,7 @@ all: install
 	@if [ "$(RAREDIS_DIR)" = "assets/raredis" ] && [ ! -d assets/raredis/dev ]; then \
 		$(BIN)/python -m spacy project assets . && $(BIN)/python -m spacy project run unpack-assets . ; fi
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PATH=$(abspath $(BIN)):$$PATH \
-		$(BIN)/python -m tokner.workflow all --vars.raredis_dir $(RAREDIS_DIR)
+		$(BIN)/python -m tokner.workflow all --jobs $(JOBS) --vars.raredis_dir $(RAREDIS_DIR)
 
 clean:
 	rm -rf corpus/*.spacy corpus/*.json training metrics reports

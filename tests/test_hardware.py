@@ -34,3 +34,13 @@ def test_hf_model_resolves_fastest_without_loading_weights():
     assert model._model is None
     with pytest.raises(ValueError, match="dtype must be one of"):
         make(name="x", dtype="bf16")
+
+
+def test_lora_pipe_resolves_fastest_dtype():
+    torch = pytest.importorskip("torch")
+    from tokner.lora.modeling import resolve_dtype
+
+    assert resolve_dtype("fastest", "cpu") == getattr(torch, fastest_dtype("cpu"))
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    with pytest.raises(ValueError, match="auto, fastest, float32"):
+        resolve_dtype("bf16", "cpu")

@@ -98,3 +98,28 @@ def test_paper_lora_config_validates():
                                                    {"paths.base_model": "nlpie/Llama2-MedTuned-7b"})
     assert settings["r"] == 64 and settings["alpha"] == 256 and settings["learning_rate"] == 2e-4
     assert "tokner_lora_ner" in nlp.pipe_names
+
+
+def test_parallel_runner_waits_for_what_each_step_needs():
+    """`tokner.workflow all --jobs 2`: the order each step of `all` waits for, from deps/outputs."""
+    from weasel.util import load_project_config
+
+    from tokner.workflow import split_jobs, step_predecessors
+
+    cfg = load_project_config(ROOT, overrides={"vars.raredis_dir": "x"})
+    commands = {c["name"]: c for c in cfg["commands"]}
+    steps = cfg["workflows"]["all"]
+    before = step_predecessors(steps, commands)
+    assert before["models"] == [] and before["corpus"] == ["models"]  # models has no deps: a set-up step
+    assert before["train-lora"] == ["models", "corpus"]
+    assert before["llm-rag"] == ["models", "corpus"]
+    assert before["train-cnn-vectors"] == ["models", "corpus", "static-vectors"]
+    assert before["evaluate-lora"] == ["models", "corpus", "train-lora"]
+    assert set(before["compare"]) == {"models", "corpus", "llm-rag", "evaluate-cnn-vectors", "evaluate-bert",
+                                      "evaluate-cnn", "llm-few", "llm-zero", "evaluate-lora"}
+    # the first two steps that can run at once are the two longest
+    assert [s for s in steps if set(before[s]) <= {"models", "corpus"}][2:4] == ["train-lora", "llm-rag"]
+    assert split_jobs(["--jobs", "2", "--vars.x", "1"]) == (2, ["--vars.x", "1"])
+    assert split_jobs(["--jobs=3"]) == (3, [])
+    with pytest.raises(SystemExit, match="positive integer"):
+        split_jobs(["--jobs", "0"])

@@ -45,18 +45,23 @@ def tiny_project(tmp_path_factory, brat_train, brat_dev):
     overrides = {
         "raredis_dir": data, "transformer": bert, "minilm": bert, "llm_model": llama, "lora_base_model": llama,
         "cnn_max_steps": 4, "cnn_eval_frequency": 2, "bert_max_steps": 2, "bert_eval_frequency": 2,
-        "lora_max_minutes": 0.02, "lora_eval_docs": 1, "llm_max_sentences": 2,
+        "lora_max_minutes": 0.02, "lora_eval_docs": 1, "lora_free_docs": 1, "llm_max_sentences": 2,
     }
     args = [a for k, v in overrides.items() for a in (f"--vars.{k}", str(v))]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
                OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "tokner.workflow", "all", *args]
+    cmd = [sys.executable, "-m", "tokner.workflow", "all", "--jobs", "2", *args]
     first = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=1200)
-    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-6000:]
+    logs = "".join(p.read_text(encoding="utf-8")[-3000:] for p in sorted((proj / "metrics" / "logs").glob("*.log")))
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-6000:] + logs
     timings = srsly.read_json(proj / "metrics" / "timings-all.json")
-    second = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=600)
+    # the parallel runner's lock file is weasel's: one after another (`--jobs 1`, spacy project
+    # run) skips the same steps
+    second = subprocess.run(cmd[:4] + cmd[6:], cwd=proj, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-6000:] + second.stderr[-6000:]
-    return proj, timings, second.stdout
+    third = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stdout[-6000:] + third.stderr[-6000:]
+    return proj, timings, second.stdout, third.stdout
 
 
 def test_every_step_ran_and_was_timed(tiny_project):
@@ -65,6 +70,16 @@ def test_every_step_ran_and_was_timed(tiny_project):
     assert [t["step"] for t in timings["steps"]] == workflow
     assert all(t["returncode"] == 0 and t["seconds"] > 0 for t in timings["steps"])
     assert timings["total_seconds"] == pytest.approx(sum(t["seconds"] for t in timings["steps"]), abs=0.5)
+    assert timings["jobs"] == 2
+    # two at a time: the wall time is below the sum, and each step started after those it needs
+    assert timings["wall_seconds"] < timings["total_seconds"]
+    start = {t["step"]: t["start"] for t in timings["steps"]}
+    end = {t["step"]: t["end"] for t in timings["steps"]}
+    for step, needs in (("train-lora", "corpus"), ("evaluate-lora", "train-lora"), ("train-cnn-vectors", "static-vectors"),
+                        ("compare", "evaluate-bert"), ("compare", "llm-zero")):
+        assert start[step] >= end[needs], (step, needs)
+    logs = proj / "metrics" / "logs"
+    assert "Running command:" in (logs / "train-cnn.log").read_text(encoding="utf-8")
 
 
 def test_compare_writes_table_chart_and_html(tiny_project):
@@ -100,6 +115,6 @@ def test_every_method_scored_with_the_paper_metric(tiny_project):
 
 
 def test_rerun_skips_unchanged_steps(tiny_project):
-    out = tiny_project[2]
-    for step in ("corpus", "train-cnn", "train-bert", "llm-zero", "train-lora", "compare"):
-        assert f"Skipping '{step}'" in out, step
+    for out in tiny_project[2:]:  # one after another, then two at a time
+        for step in ("corpus", "train-cnn", "train-bert", "llm-zero", "train-lora", "compare"):
+            assert f"Skipping '{step}'" in out, step

@@ -13,6 +13,8 @@ The modules, by layer:
   answer format), ``align`` (model answers -> one tag per token);
 * scoring: ``scorer`` (the paper's metric), ``evaluation`` (``tokner evaluate``),
   ``report`` (``tokner compare``);
+* combining: ``ensemble`` (span voting over member pipelines, document consistency,
+  ``tokner ensemble-search``);
 * methods: ``llm`` (prompted LLMs on spacy-llm), ``lora`` (the LoRA pipe and its
   training), ``decoding`` (constrained decoding and KV caches, shared by both);
 * running: ``annotate`` (``tokner annotate``, local and Ray), ``cli``, ``workflow``
@@ -24,6 +26,7 @@ from .tokenizer import PaperTokenizer, create_paper_tokenizer, make_doc  # noqa:
 from .sentencizer import PaperSentencizer  # noqa: F401
 from .scorer import PAPER_LABELS, ALL_LABELS, score_paper_ner  # noqa: F401
 from . import readers  # noqa: F401
+from . import ensemble  # noqa: F401  (registers tokner_ensemble, tokner_doc_consistency)
 from . import lora  # noqa: F401  (registers tokner_lora_ner; torch/peft load only with a model)
 
 try:  # spacy-llm is the optional `llm` extra

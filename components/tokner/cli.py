@@ -209,6 +209,81 @@ def _cmd_score_docs(args) -> int:
     return 0
 
 
+def _load_aligned_predictions(gold_path: str, specs: List[str], nlp):
+    """NAME=DOCBIN specs -> (gold docs, {name: predicted docs on the gold tokens})."""
+    from spacy.tokens import DocBin
+
+    from .evaluation import load_gold_docs
+
+    gold = load_gold_docs(Path(gold_path), nlp)
+    members = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--members expects NAME=DOCBIN, got {spec!r}")
+        if not Path(path).exists():
+            raise SystemExit(f"predicted DocBin not found: {path}")
+        docs = list(DocBin().from_disk(path).get_docs(nlp.vocab))
+        if len(docs) != len(gold):
+            raise SystemExit(f"{path}: {len(docs)} docs, {gold_path}: {len(gold)}")
+        for i, (d, g) in enumerate(zip(docs, gold)):
+            if [t.text for t in d] != [t.text for t in g]:
+                raise SystemExit(f"{path}: doc {i} is not on the gold tokens of {gold_path} (save predictions with "
+                                 "tokner evaluate --save-docs)")
+        members[name] = docs
+    return gold, members
+
+
+def _cmd_ensemble_search(args) -> int:
+    import spacy
+    from spacy.tokens import DocBin, Span
+    from spacy.training import Example
+
+    from .ensemble import apply_consistency, cross_fit
+    from .scorer import PAPER_LABELS, score_paper_ner
+
+    nlp = spacy.blank("en")
+    gold, members = _load_aligned_predictions(args.gold, args.members, nlp)
+
+    def paper(pred_docs):
+        s = score_paper_ner([Example(p, g) for p, g in zip(pred_docs, gold)])
+        return {"avg": s["paper_avg_f"], "micro5": s["paper_micro5_f"],
+                **{t: s["spans_paper_per_type"][t]["f"] for t in PAPER_LABELS}}
+
+    def copy(doc):
+        return DocBin(store_user_data=False, docs=[doc]).get_docs(nlp.vocab).__next__()
+
+    rows = {}
+    for name, docs in members.items():
+        rows[name] = paper(docs)
+        rows[f"{name} + consistency"] = paper([apply_consistency(copy(d)) for d in docs])
+    consistency = (False,) if args.no_consistency else (False, True)
+    result = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency)
+    held = []
+    for g, triples in zip(gold, result["held_out"]):
+        d = copy(g)
+        d.ents = [Span(d, a, b, label=lab) for a, b, lab in triples]
+        held.append(d)
+    key = f"vote({'+'.join(members)}), cross-fit {args.folds} folds"
+    rows[key] = paper(held)
+    cols = ["avg", "micro5", *PAPER_LABELS]
+    print("| " + " | ".join(["predictions", *cols]) + " |")
+    print("|" + "---|" * (len(cols) + 1))
+    for name, r in rows.items():
+        print(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+    print(f"setting chosen on each fold's other documents: {result['fold_settings']}")
+    print(f"setting chosen on all documents (for a pipeline): {result['setting_all']}")
+    if args.output:
+        out = {"gold": args.gold, "members": dict(s.partition("=")[::2] for s in args.members), "folds": args.folds,
+               "rows": rows, "fold_settings": result["fold_settings"], "setting_all": result["setting_all"]}
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+    if args.save_docs:
+        Path(args.save_docs).parent.mkdir(parents=True, exist_ok=True)
+        DocBin(docs=held).to_disk(args.save_docs)
+    return 0
+
+
 def _cmd_score_outputs(args) -> int:
     from .evaluation import format_table, score_answer_file
 
@@ -360,6 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the predictions cover all the gold documents; score only those of --docs")
     d.add_argument("--output", help="metrics JSON")
     d.set_defaults(func=_cmd_score_docs)
+
+    en = sub.add_parser("ensemble-search", help="choose span-voting weights over saved predictions by cross-fitting; "
+                                                 "score each member, with document consistency, and the vote")
+    en.add_argument("gold", help="gold DocBin, BRAT folder or IOB CSV")
+    en.add_argument("--members", nargs="+", required=True, metavar="NAME=DOCBIN",
+                    help="each member's predictions on the gold tokens (tokner evaluate --save-docs)")
+    en.add_argument("--folds", type=int, default=2, help="documents split in this many contiguous folds (default 2)")
+    en.add_argument("--no-consistency", action="store_true", help="do not try document consistency after the vote")
+    en.add_argument("--output", help="metrics JSON (rows, settings per fold, setting chosen on all documents)")
+    en.add_argument("--save-docs", help="the cross-fitted vote's predictions as a DocBin (for tokner compare)")
+    en.set_defaults(func=_cmd_ensemble_search)
 
     o = sub.add_parser("score-outputs", help="score a ######-separated 'token : label' file against an IOB CSV")
     o.add_argument("answers")

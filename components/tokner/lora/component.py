@@ -61,7 +61,9 @@ class LoraNER:
     merge_adapter: merge the adapter into the base weights once loaded (not with 4-bit).
     grouped_attention: attention without repeating grouped key/value heads.
     device, torch_dtype, load_in_4bit, torch_threads: how the model is loaded
-        ("auto": CUDA when available; float32 on CPU, bf16/fp16 on CUDA).
+        ("auto": CUDA when available; float32 on CPU, bf16/fp16 on CUDA; torch_dtype
+        "fastest": bfloat16 where the device computes it natively, as detected by
+        :func:`tokner.hardware.fastest_dtype`, else "auto"'s choice).
     bundle_base: "auto" (copy the base into the pipe's folder on ``to_disk`` when it
         is a local folder, not when it is a hub id), True (always, a hub model too) or
         False (never: the saved pipeline refers to ``base_model``, and ``from_disk``

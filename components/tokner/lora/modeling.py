@@ -53,10 +53,14 @@ def resolve_dtype(dtype: str, device: str):
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
+    if dtype == "fastest":
+        from ..hardware import fastest_dtype
+
+        dtype = fastest_dtype(device)
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
-        raise ValueError(f"torch_dtype must be auto, float32, bfloat16 or float16, got {dtype!r}") from None
+        raise ValueError(f"torch_dtype must be auto, fastest, float32, bfloat16 or float16, got {dtype!r}") from None
 
 
 def is_local_model(name: Union[str, Path]) -> bool:

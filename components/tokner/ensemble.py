@@ -1,0 +1,332 @@
+"""Combining methods: span voting over member pipelines, and document-level label consistency.
+
+* :func:`vote`: each member's entities are votes for exact spans (start, end, label); a
+  span's score is the sum of the weights of the members that predicted exactly it, and the
+  spans scoring at least ``threshold`` are kept, highest score first (then longer first,
+  then earlier), skipping any that overlaps one already kept. Exact spans in, exact spans
+  out: the ensemble never invents a boundary no member predicted.
+* :func:`consistent_labels`: RareDis documents are each about one disease, so the same
+  surface form mentioned twice in a document is, almost always, the same entity type.
+  Mentions whose lower-cased text is the same get the label most of them have (ties:
+  the first mention's label); with ``groups`` (default: RAREDISEASE with SKINRAREDISEASE)
+  only labels inside one group are unified, the others left as predicted.
+* Components ``tokner_ensemble`` (members are pipelines, copied into the ensemble's
+  folder by ``to_disk``) and ``tokner_doc_consistency`` write ``Doc.ents``.
+* :func:`cross_fit`: choose member weights and the threshold on half of the documents,
+  score on the other half, and the other way round, so a dev score of a combination is
+  honest; ``tokner ensemble-search`` runs it on saved predictions
+  (``tokner evaluate --save-docs``).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from spacy.language import Language
+from spacy.tokens import Doc, Span
+from spacy.training import Example
+from spacy.util import filter_spans
+
+Triple = Tuple[int, int, str]
+
+DEFAULT_GROUPS = (("RAREDISEASE", "SKINRAREDISEASE"),)
+
+
+def vote(member_spans: Dict[str, Iterable[Triple]], weights: Dict[str, float], threshold: float) -> List[Triple]:
+    """Weighted exact-span voting; returns non-overlapping (start, end, label) in text order."""
+    score: Dict[Triple, float] = defaultdict(float)
+    for name, spans in member_spans.items():
+        w = float(weights.get(name, 1.0))
+        for span in set(spans):
+            score[span] += w
+    ranked = sorted((s for s in score if score[s] >= threshold - 1e-9),
+                    key=lambda s: (-score[s], -(s[1] - s[0]), s[0], s[2]))
+    taken: List[Triple] = []
+    used = set()
+    for start, end, label in ranked:
+        if any(i in used for i in range(start, end)):
+            continue
+        used.update(range(start, end))
+        taken.append((start, end, label))
+    return sorted(taken)
+
+
+def consistent_labels(spans: Sequence[Triple], texts: Sequence[str],
+                      groups: Optional[Sequence[Sequence[str]]] = DEFAULT_GROUPS) -> List[Triple]:
+    """Unify the labels of mentions with the same lower-cased text (``texts[i]`` is the text
+    of ``spans[i]``); see the module docstring."""
+    group_of: Dict[str, int] = {}
+    if groups is not None:
+        for gi, g in enumerate(groups):
+            for label in g:
+                group_of[label] = gi
+
+    def key(i: int):
+        label = spans[i][2]
+        if groups is None:
+            return (texts[i].lower(), None)
+        if label not in group_of:
+            return None
+        return (texts[i].lower(), group_of[label])
+
+    mentions: Dict[Any, List[int]] = defaultdict(list)
+    for i in range(len(spans)):
+        k = key(i)
+        if k is not None:
+            mentions[k].append(i)
+    out = list(spans)
+    for idx in mentions.values():
+        if len(idx) < 2:
+            continue
+        counts = Counter(spans[i][2] for i in idx)
+        best = max(counts.values())
+        winner = next(spans[i][2] for i in idx if counts[spans[i][2]] == best)  # ties: the first mention's
+        for i in idx:
+            out[i] = (spans[i][0], spans[i][1], winner)
+    return out
+
+
+def _triples(doc: Doc) -> List[Triple]:
+    return [(e.start, e.end, e.label_) for e in doc.ents]
+
+
+def set_ents(doc: Doc, triples: Iterable[Triple]) -> Doc:
+    doc.ents = filter_spans([Span(doc, s, e, label=lab) for s, e, lab in triples])
+    return doc
+
+
+def apply_consistency(doc: Doc, groups: Optional[Sequence[Sequence[str]]] = DEFAULT_GROUPS) -> Doc:
+    spans = _triples(doc)
+    return set_ents(doc, consistent_labels(spans, [doc[s:e].text for s, e, _ in spans], groups))
+
+
+# ---------------------------------------------------------------------------------------
+# choosing weights on dev, honestly
+
+
+def _counts(gold: Sequence[Doc], pred: Sequence[List[Triple]], labels: Sequence[str]) -> Dict[str, List[int]]:
+    """tp/fp/fn per label over exact spans (the paper's strict match)."""
+    c = {lab: [0, 0, 0] for lab in labels}
+    for g, p in zip(gold, pred):
+        gs = {t for t in _triples(g) if t[2] in c}
+        ps = {t for t in p if t[2] in c}
+        for t in gs & ps:
+            c[t[2]][0] += 1
+        for t in ps - gs:
+            c[t[2]][1] += 1
+        for t in gs - ps:
+            c[t[2]][2] += 1
+    return c
+
+
+def f_scores(counts: Dict[str, List[int]]) -> Dict[str, float]:
+    def f(tp, fp, fn):
+        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+    per = {lab: f(*v) for lab, v in counts.items()}
+    tot = [sum(v[i] for v in counts.values()) for i in range(3)]
+    return {"avg": sum(per.values()) / len(per), "micro": f(*tot), **per}
+
+
+def objective(scores: Dict[str, float]) -> float:
+    """What the checkpoints of this project are chosen on: 0.5 micro-5 + 0.5 Avg."""
+    return 0.5 * scores["micro"] + 0.5 * scores["avg"]
+
+
+def candidate_settings(names: Sequence[str], weight_grid: Sequence[float] = (0.5, 1.0, 1.5, 2.0)):
+    """Every weight vector on the grid (the first member's weight fixed at 1: only ratios
+    matter) with every threshold that can separate the vote sums."""
+    for rest in itertools.product(weight_grid, repeat=len(names) - 1):
+        w = dict(zip(names, (1.0, *rest)))
+        sums = sorted({round(sum(c), 6) for r in range(1, len(names) + 1) for c in itertools.combinations(w.values(), r)})
+        for t in sums:
+            yield w, t
+
+
+def choose(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Sequence[str],
+           consistency: Sequence[bool] = (False, True), weight_grid: Sequence[float] = (0.5, 1.0, 1.5, 2.0)):
+    """The setting (weights, threshold, consistency) with the best objective on these docs."""
+    names = list(members)
+    spans = [{n: _triples(members[n][i]) for n in names} for i in range(len(gold))]
+    texts = [g for g in gold]
+    best = None
+    for w, t in candidate_settings(names, weight_grid):
+        voted = [vote(s, w, t) for s in spans]
+        for cons in consistency:
+            pred = [consistent_labels(v, [texts[i][a:b].text for a, b, _ in v]) for i, v in enumerate(voted)] if cons else voted
+            sc = objective(f_scores(_counts(gold, pred, labels)))
+            if best is None or sc > best[0] + 1e-12:
+                best = (sc, {"weights": w, "threshold": t, "consistency": cons})
+    return best[1]
+
+
+def predict(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], setting: Dict[str, Any]) -> List[List[Triple]]:
+    out = []
+    for i, g in enumerate(gold):
+        v = vote({n: _triples(members[n][i]) for n in members}, setting["weights"], setting["threshold"])
+        if setting.get("consistency"):
+            v = consistent_labels(v, [g[a:b].text for a, b, _ in v])
+        out.append(v)
+    return out
+
+
+def cross_fit(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Sequence[str], folds: int = 2,
+              **kw) -> Dict[str, Any]:
+    """Choose on all folds but one, predict the held-out fold; the held-out predictions of
+    every fold together are scored once (each document predicted by a setting chosen
+    without it). Also returns the setting chosen on all documents (for the pipeline)."""
+    n = len(gold)
+    fold_of = [i * folds // n for i in range(n)]  # contiguous folds: documents in corpus order
+    held: List[Optional[List[Triple]]] = [None] * n
+    chosen = []
+    for f in range(folds):
+        train = [i for i in range(n) if fold_of[i] != f]
+        test = [i for i in range(n) if fold_of[i] == f]
+        setting = choose([gold[i] for i in train], {k: [v[i] for i in train] for k, v in members.items()}, labels, **kw)
+        chosen.append(setting)
+        for i, p in zip(test, predict([gold[i] for i in test], {k: [v[i] for i in test] for k, v in members.items()}, setting)):
+            held[i] = p
+    return {"cross_fit": f_scores(_counts(gold, held, labels)), "fold_settings": chosen,
+            "setting_all": choose(gold, members, labels, **kw), "held_out": held}
+
+
+# ---------------------------------------------------------------------------------------
+# components
+
+
+class DocConsistency:
+    """``tokner_doc_consistency``: see :func:`consistent_labels`."""
+
+    def __init__(self, name: str = "tokner_doc_consistency",
+                 groups: Optional[List[List[str]]] = [list(g) for g in DEFAULT_GROUPS]):
+        self.name = name
+        self.groups = groups
+
+    def __call__(self, doc: Doc) -> Doc:
+        return apply_consistency(doc, self.groups)
+
+    def pipe(self, stream, batch_size: int = 128):
+        for doc in stream:
+            yield self(doc)
+
+    def to_bytes(self, *, exclude=tuple()):
+        return b""
+
+    def from_bytes(self, data, *, exclude=tuple()):
+        return self
+
+    def to_disk(self, path, *, exclude=tuple()):
+        Path(path).mkdir(parents=True, exist_ok=True)
+
+    def from_disk(self, path, *, exclude=tuple()):
+        return self
+
+
+@Language.factory("tokner_doc_consistency", default_config={"groups": [list(g) for g in DEFAULT_GROUPS]})
+def make_doc_consistency(nlp: Language, name: str, groups: Optional[List[List[str]]]):
+    """Unify the labels of same-text mentions within each document.
+
+    groups: lists of labels unified together (default ``[["RAREDISEASE", "SKINRAREDISEASE"]]``:
+        a disease named twice in a note is the same kind of disease); null: every label.
+    """
+    return DocConsistency(name, groups)
+
+
+class EnsembleNER:
+    """``tokner_ensemble``: runs member pipelines on the document's tokens and votes."""
+
+    def __init__(self, nlp: Language, name: str, members: Dict[str, str], weights: Dict[str, float],
+                 threshold: float, consistency: bool):
+        self.nlp = nlp
+        self.name = name
+        self.member_paths = dict(members)
+        self.weights = {k: float(v) for k, v in weights.items()}
+        self.threshold = float(threshold)
+        self.consistency = bool(consistency)
+        unknown = sorted(set(self.weights) - set(self.member_paths))
+        if unknown:
+            raise ValueError(f"tokner_ensemble: weights for members that are not in members: {unknown}")
+        self._members: Dict[str, Language] = {}
+
+    def _load(self) -> Dict[str, Language]:
+        if len(self._members) < len(self.member_paths):
+            import spacy
+
+            for k, p in self.member_paths.items():
+                if k not in self._members:
+                    if not Path(p).exists():
+                        raise FileNotFoundError(f"tokner_ensemble: member {k!r}: no pipeline at {p}")
+                    self._members[k] = spacy.load(p)
+        return self._members
+
+    def initialize(self, get_examples=None, *, nlp=None):
+        self._load()
+
+    def _member_docs(self, docs: List[Doc]) -> Dict[str, List[Doc]]:
+        out = {}
+        for k, member in self._load().items():
+            copies = [Doc(member.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in docs]
+            for _, proc in member.pipeline:
+                copies = list(proc.pipe(copies)) if hasattr(proc, "pipe") else [proc(c) for c in copies]
+            out[k] = copies
+        return out
+
+    def pipe(self, stream, batch_size: int = 32):
+        batch: List[Doc] = []
+        for doc in stream:
+            batch.append(doc)
+            if len(batch) >= batch_size:
+                yield from self._run(batch)
+                batch = []
+        if batch:
+            yield from self._run(batch)
+
+    def __call__(self, doc: Doc) -> Doc:
+        return self._run([doc])[0]
+
+    def _run(self, docs: List[Doc]) -> List[Doc]:
+        members = self._member_docs(docs)
+        setting = {"weights": {k: self.weights.get(k, 1.0) for k in members}, "threshold": self.threshold,
+                   "consistency": self.consistency}
+        for doc, triples in zip(docs, predict(docs, members, setting)):
+            set_ents(doc, triples)
+        return docs
+
+    def to_disk(self, path, *, exclude=tuple()):
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for k, member in self._load().items():
+            target = path / "members" / k
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            member.to_disk(target)
+        (path / "cfg.json").write_text(json.dumps({"members": sorted(self.member_paths)}) + "\n")
+
+    def from_disk(self, path, *, exclude=tuple()):
+        import spacy
+
+        path = Path(path)
+        names = json.loads((path / "cfg.json").read_text())["members"]
+        self._members = {k: spacy.load(path / "members" / k) for k in names}
+        self.member_paths = {k: str(path / "members" / k) for k in names}
+        return self
+
+
+@Language.factory("tokner_ensemble", default_config={"members": {}, "weights": {}, "threshold": 1.0, "consistency": False})
+def make_ensemble(nlp: Language, name: str, members: Dict[str, str], weights: Dict[str, float], threshold: float,
+                  consistency: bool):
+    """Exact-span voting over member pipelines (see :func:`vote`).
+
+    members: name -> pipeline folder (copied into this component's folder by ``to_disk``,
+        loaded from there by ``from_disk``); each member runs on the document's own tokens.
+    weights: name -> vote weight (default 1 each).
+    threshold: the vote sum a span needs to be kept.
+    consistency: unify labels of same-text RAREDISEASE/SKINRAREDISEASE mentions after voting.
+    ``tokner ensemble-search`` chooses weights and threshold on dev by cross-fitting.
+    """
+    return EnsembleNER(nlp, name, members, weights, threshold, consistency)

@@ -1,0 +1,145 @@
+"""Span voting, document consistency, cross-fitted weights, and the two components."""
+import json
+import subprocess
+import sys
+
+import pytest
+import spacy
+from spacy.tokens import Doc, DocBin, Span
+
+from tokner.ensemble import consistent_labels, cross_fit, vote
+from tokner.scorer import PAPER_LABELS
+
+
+def test_vote_keeps_spans_that_reach_the_threshold_without_overlaps():
+    a = [(0, 2, "DISEASE"), (5, 6, "SIGN")]
+    b = [(0, 2, "DISEASE"), (4, 6, "SIGN")]
+    c = [(0, 2, "RAREDISEASE"), (4, 6, "SIGN"), (8, 9, "SYMPTOM")]
+    w = {"a": 1.0, "b": 1.0, "c": 1.0}
+    assert vote({"a": a, "b": b, "c": c}, w, 2.0) == [(0, 2, "DISEASE"), (4, 6, "SIGN")]
+    # threshold 1: every span is a candidate; the higher vote wins an overlap, then the longer
+    assert vote({"a": a, "b": b, "c": c}, w, 1.0) == [(0, 2, "DISEASE"), (4, 6, "SIGN"), (8, 9, "SYMPTOM")]
+    # a heavy member alone carries its spans
+    assert vote({"a": a, "b": b, "c": c}, {"a": 1.0, "b": 1.0, "c": 2.5}, 2.5) == [
+        (0, 2, "RAREDISEASE"), (4, 6, "SIGN"), (8, 9, "SYMPTOM")]
+    assert vote({"a": a}, {"a": 1.0}, 1.5) == []
+
+
+def test_consistency_unifies_same_text_mentions_within_a_group():
+    spans = [(0, 1, "SKINRAREDISEASE"), (5, 6, "RAREDISEASE"), (9, 10, "SKINRAREDISEASE"), (12, 13, "SIGN"),
+             (15, 16, "SYMPTOM")]
+    texts = ["Ichthyosis", "ichthyosis", "Ichthyosis", "itching", "itching"]
+    # the majority (2 of 3) decides; SIGN/SYMPTOM are outside the default group and left alone
+    assert consistent_labels(spans, texts) == [
+        (0, 1, "SKINRAREDISEASE"), (5, 6, "SKINRAREDISEASE"), (9, 10, "SKINRAREDISEASE"), (12, 13, "SIGN"),
+        (15, 16, "SYMPTOM")]
+    # every label together: a tie goes to the first mention
+    assert consistent_labels(spans, texts, groups=None)[3:] == [(12, 13, "SIGN"), (15, 16, "SIGN")]
+
+
+def _docs(vocab, n):
+    words = "Patients with Alpha syndrome have rash and Beta fever .".split()
+    return [Doc(vocab, words=words) for _ in range(n)]
+
+
+def _with(docs, spans_per_doc):
+    out = []
+    for d, spans in zip(docs, spans_per_doc):
+        d = d.copy()
+        d.ents = [Span(d, a, b, label=lab) for a, b, lab in spans]
+        out.append(d)
+    return out
+
+
+def test_cross_fit_chooses_on_the_other_fold():
+    nlp = spacy.blank("en")
+    gold_spans = [(2, 4, "RAREDISEASE"), (5, 6, "SIGN"), (7, 9, "SYMPTOM")]
+    gold = _with(_docs(nlp.vocab, 6), [gold_spans] * 6)
+    # member "good" is right on everything, "noisy" adds a wrong span, "half" misses one
+    good = _with(gold, [gold_spans] * 6)
+    noisy = _with(gold, [gold_spans[:2] + [(0, 1, "DISEASE")]] * 6)
+    half = _with(gold, [gold_spans[:1]] * 6)
+    result = cross_fit(gold, {"good": good, "noisy": noisy, "half": half}, PAPER_LABELS, folds=2)
+    assert result["cross_fit"]["micro"] == pytest.approx(1.0)
+    for setting in result["fold_settings"] + [result["setting_all"]]:
+        w, t = setting["weights"], setting["threshold"]
+        # whatever was chosen reproduces gold exactly: "good" alone reaches the threshold, "noisy" alone does not
+        assert w["good"] >= t and w["noisy"] < t
+    assert len(result["held_out"]) == 6
+
+
+def _member(path, patterns):
+    nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("entity_ruler")
+    ruler.add_patterns(patterns)
+    nlp.to_disk(path)
+    return str(path)
+
+
+def test_ensemble_component_votes_and_round_trips(tmp_path):
+    a = _member(tmp_path / "a", [{"label": "RAREDISEASE", "pattern": "Alpha syndrome"}, {"label": "SIGN", "pattern": "rash"}])
+    b = _member(tmp_path / "b", [{"label": "RAREDISEASE", "pattern": "Alpha syndrome"}, {"label": "SYMPTOM", "pattern": "fever"}])
+    c = _member(tmp_path / "c", [{"label": "SKINRAREDISEASE", "pattern": "Alpha syndrome"}, {"label": "SIGN", "pattern": "rash"}])
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tokner_ensemble", config={"members": {"a": a, "b": b, "c": c}, "weights": {"a": 1, "b": 1, "c": 1},
+                                             "threshold": 2})
+    nlp.initialize()
+    text = "Patients with Alpha syndrome have rash and Beta fever ."
+    ents = [(e.text, e.label_, e.start_char) for e in nlp(text).ents]
+    assert ents == [("Alpha syndrome", "RAREDISEASE", 14), ("rash", "SIGN", 34)]
+    nlp.to_disk(tmp_path / "ens")
+    assert sorted(p.name for p in (tmp_path / "ens" / "tokner_ensemble" / "members").iterdir()) == ["a", "b", "c"]
+    for p in (a, b, c):  # the saved ensemble holds its members: the originals can go
+        import shutil
+
+        shutil.rmtree(p)
+    loaded = spacy.load(tmp_path / "ens")
+    assert [(e.text, e.label_, e.start_char) for e in loaded(text).ents] == ents
+    docs = list(loaded.pipe([text, "fever", "rash"], batch_size=2))
+    # "fever": one vote of 3; "rash": two (a and c)
+    assert [[e.text for e in d.ents] for d in docs] == [["Alpha syndrome", "rash"], [], ["rash"]]
+
+
+def test_doc_consistency_component(tmp_path):
+    nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("entity_ruler")
+    ruler.add_patterns([{"label": "SKINRAREDISEASE", "pattern": "Ichthyosis"},
+                        {"label": "RAREDISEASE", "pattern": "ichthyosis"}])
+    nlp.add_pipe("tokner_doc_consistency")
+    doc = nlp("Ichthyosis is rare . Ichthyosis starts early ; ichthyosis is inherited .")
+    assert [e.label_ for e in doc.ents] == ["SKINRAREDISEASE"] * 3
+    nlp.to_disk(tmp_path / "p")
+    again = spacy.load(tmp_path / "p")
+    assert [e.label_ for e in again(doc.text).ents] == ["SKINRAREDISEASE"] * 3
+    only = spacy.blank("en")
+    only.add_pipe("tokner_doc_consistency", config={"groups": None})
+    fresh = spacy.blank("en")
+    fresh.add_pipe("tokner_doc_consistency", config={"groups": None})
+    fresh.from_bytes(only.to_bytes())
+    marked = fresh.make_doc("itching and itching")
+    marked.ents = [Span(marked, 0, 1, label="SIGN"), Span(marked, 2, 3, label="SYMPTOM")]
+    assert [e.label_ for e in fresh(marked).ents] == ["SIGN", "SIGN"]  # groups=None: every label unified
+
+
+def test_ensemble_search_cli(tmp_path):
+    nlp = spacy.blank("en")
+    gold_spans = [(2, 4, "RAREDISEASE"), (5, 6, "SIGN"), (7, 9, "SYMPTOM")]
+    gold = _with(_docs(nlp.vocab, 4), [gold_spans] * 4)
+    DocBin(docs=gold).to_disk(tmp_path / "gold.spacy")
+    DocBin(docs=_with(gold, [gold_spans[:2]] * 4)).to_disk(tmp_path / "m1.spacy")
+    DocBin(docs=_with(gold, [gold_spans[1:]] * 4)).to_disk(tmp_path / "m2.spacy")
+    DocBin(docs=_with(gold, [gold_spans[::2]] * 4)).to_disk(tmp_path / "m3.spacy")
+    out = subprocess.run([sys.executable, "-m", "tokner", "ensemble-search", str(tmp_path / "gold.spacy"), "--members",
+                          f"m1={tmp_path / 'm1.spacy'}", f"m2={tmp_path / 'm2.spacy'}", f"m3={tmp_path / 'm3.spacy'}",
+                          "--output", str(tmp_path / "e.json"), "--save-docs", str(tmp_path / "e.spacy")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    # each member has 2 of the 3 spans; every span has 2 of 3 votes: majority voting recovers all
+    assert rows["m1"]["micro5"] == pytest.approx(0.8)
+    assert rows["vote(m1+m2+m3), cross-fit 2 folds"]["micro5"] == pytest.approx(1.0)
+    saved = list(DocBin().from_disk(tmp_path / "e.spacy").get_docs(nlp.vocab))
+    assert [(e.start, e.end, e.label_) for e in saved[0].ents] == gold_spans
+    bad = subprocess.run([sys.executable, "-m", "tokner", "ensemble-search", str(tmp_path / "gold.spacy"), "--members",
+                          f"m1={tmp_path / 'missing.spacy'}"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "missing.spacy" in bad.stderr

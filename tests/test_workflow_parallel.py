@@ -1,0 +1,93 @@
+"""``python -m tokner.workflow NAME --jobs N`` on a toy project: order, overlap, skips, failures."""
+import subprocess
+import sys
+import textwrap
+
+import srsly
+
+PROJECT = textwrap.dedent(
+    """
+    title: toy
+    vars:
+      out: "out"
+      fail: "0"
+    directories: ["out"]
+    commands:
+      - name: setup
+        script:
+          - "python -c \\"import pathlib; pathlib.Path('${vars.out}/a').write_text('a')\\""
+        outputs:
+          - "${vars.out}/a"
+      - name: slow1
+        script:
+          - "python -c \\"import time, pathlib; time.sleep(1.5); pathlib.Path('${vars.out}/b').write_text('b')\\""
+        deps:
+          - "${vars.out}/a"
+        outputs:
+          - "${vars.out}/b"
+      - name: slow2
+        script:
+          - "python -c \\"import os, sys, time, pathlib; time.sleep(1.5); print('threads', os.environ['OMP_NUM_THREADS']); pathlib.Path('${vars.out}/c').write_text('c'); sys.exit(int('${vars.fail}'))\\""
+        deps:
+          - "${vars.out}/a"
+        outputs:
+          - "${vars.out}/c"
+      - name: join
+        script:
+          - "python -c \\"import pathlib; pathlib.Path('${vars.out}/d').write_text('d')\\""
+        deps:
+          - "${vars.out}/b"
+          - "${vars.out}/c"
+        outputs:
+          - "${vars.out}/d"
+    workflows:
+      all:
+        - setup
+        - slow1
+        - slow2
+        - join
+    """
+)
+
+
+def _run(proj, *args):
+    return subprocess.run([sys.executable, "-m", "tokner.workflow", "all", *args], cwd=proj, capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "3"})
+
+
+def test_two_jobs_overlap_wait_for_deps_and_skip_on_rerun(tmp_path):
+    (tmp_path / "project.yml").write_text(PROJECT)
+    first = _run(tmp_path, "--jobs", "2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    t = {s["step"]: s for s in srsly.read_json(tmp_path / "metrics" / "timings-all.json")["steps"]}
+    timings = srsly.read_json(tmp_path / "metrics" / "timings-all.json")
+    assert [s["step"] for s in timings["steps"]] == ["setup", "slow1", "slow2", "join"]
+    end = {k: v["end"] for k, v in t.items()}
+    assert t["slow1"]["start"] >= end["setup"]  and t["slow2"]["start"] >= end["setup"] 
+    assert t["slow2"]["start"] < end["slow1"]  # the two 1.5 s steps ran at the same time
+    assert t["join"]["start"] >= max(end["slow1"], end["slow2"]) 
+    assert timings["wall_seconds"] < timings["total_seconds"]
+    assert (tmp_path / "out" / "d").read_text() == "d"
+    # the step's output went to its log; a thread count set by the user is kept
+    assert "threads 3" in (tmp_path / "metrics" / "logs" / "slow2.log").read_text()
+    again = _run(tmp_path, "--jobs", "2")
+    assert again.returncode == 0
+    for step in ("setup", "slow1", "slow2", "join"):
+        assert f"Skipping '{step}'" in again.stdout, again.stdout
+    # the lock file is weasel's: the one-after-another runner (spacy project run) skips too
+    seq = subprocess.run([sys.executable, "-m", "weasel", "run", "join", str(tmp_path)], capture_output=True, text=True)
+    assert seq.returncode == 0 and "Skipping 'join'" in seq.stdout, seq.stdout + seq.stderr
+
+
+def test_a_failed_step_stops_what_depends_on_it(tmp_path):
+    (tmp_path / "project.yml").write_text(PROJECT)
+    out = _run(tmp_path, "--jobs", "2", "--vars.fail", "3")
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "slow2.log" in out.stdout and "not run: join" in out.stdout
+    t = {s["step"]: s for s in srsly.read_json(tmp_path / "metrics" / "timings-all.json")["steps"]}
+    assert t["slow2"]["returncode"] == 3 and t["slow1"]["returncode"] == 0  # the step already running finished
+    assert not (tmp_path / "out" / "d").exists()
+    fixed = _run(tmp_path, "--jobs", "2")  # after the fix only what did not complete runs
+    assert fixed.returncode == 0
+    assert "Skipping 'setup'" in fixed.stdout and "Skipping 'slow1'" in fixed.stdout
+    assert "Skipping 'slow2'" not in fixed.stdout and (tmp_path / "out" / "d").exists()
