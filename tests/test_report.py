@@ -115,3 +115,32 @@ def test_compare_appends_confusion_tables(ruler_model):
                         list(DocBin().from_disk(d / "pred.spacy").get_docs(vocab)))
     assert sum(m[g]["SYMPTOM"] for g in m if g != "SYMPTOM") > 0
     assert f"| SIGN | {m['SIGN']['DISEASE']:,} |" in md
+
+
+def test_summary_table_goes_between_the_readme_markers(ruler_model):
+    d = ruler_model
+    assert main(["evaluate", str(d / "model"), str(d / "dev.spacy"), "--output", str(d / "m.json")]) == 0
+    assert main(["compare", str(d / "reports"), "--metrics", f"ruler={d / 'm.json'}"]) == 0
+    m = json.loads((d / "m.json").read_text())
+    summary = (d / "reports" / "summary.md").read_text()
+    row = next(line for line in summary.splitlines() if line.startswith("| ruler (dev) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    per_type = m["spans_paper_per_type"]
+    assert cells[1:6] == [f"{per_type[t]['f']:.3f}" for t in ("DISEASE", "RAREDISEASE", "SKINRAREDISEASE", "SIGN", "SYMPTOM")]
+    assert cells[6] == f"**{m['paper_avg_f']:.3f}**" and cells[7] == f"{m['paper_micro5_f']:.3f}"
+    assert "*GPT-4 5-shot (Lu et al. 2024, test)*" in summary
+    readme = d / "README.md"
+    from tokner.report import RESULTS_BEGIN, RESULTS_END
+
+    readme.write_text(f"# x\n\nbefore\n{RESULTS_BEGIN}\nold table\n{RESULTS_END}\nafter\n")
+    (d / "t.json").write_text(json.dumps({"jobs": 2, "steps": [{"step": "a", "seconds": 61.0}, {"step": "b", "seconds": 1200.4}],
+                                          "total_seconds": 1261.4, "wall_seconds": 1201.0}))
+    assert main(["readme-results", str(d / "reports" / "summary.md"), str(readme), "--run", "make all, commit abc",
+                 "--timings", str(d / "t.json")]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# x\n\nbefore\n") and text.endswith(f"{RESULTS_END}\nafter\n")
+    assert row in text and "Run: make all, commit abc" in text
+    assert "a 61, b 1,200; 1,261 s of steps in 1,201 s wall" in text
+    (d / "plain.md").write_text("no markers")
+    with pytest.raises(SystemExit, match="no results markers"):
+        main(["readme-results", str(d / "reports" / "summary.md"), str(d / "plain.md"), "--run", "x"])

@@ -339,6 +339,17 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_readme_results(args) -> int:
+    from .report import insert_results
+
+    try:
+        print(insert_results(Path(args.readme), Path(args.summary), args.run,
+                             Path(args.timings) if args.timings else None))
+    except (OSError, ValueError) as e:
+        raise SystemExit(str(e)) from None
+    return 0
+
+
 def _cmd_annotate(args) -> int:
     """Run a pipeline over texts and write its entities (see docs/annotate.md)."""
     from .annotate import InputError, OutputError, RayOptions, TextChangedError, annotate
@@ -469,6 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-docs", type=int, default=5)
     r.add_argument("--split", default="dev")
     r.set_defaults(func=_cmd_compare)
+
+    rr = sub.add_parser("readme-results", help="put compare's summary table (reports/summary.md), the run's description "
+                                               "and its step times between README.md's results markers")
+    rr.add_argument("summary", help="reports/summary.md from tokner compare")
+    rr.add_argument("readme", help="the README (must hold the results markers)")
+    rr.add_argument("--run", required=True, help="what produced it: command, commit, machine")
+    rr.add_argument("--timings", help="metrics/timings-all.json of that run")
+    rr.set_defaults(func=_cmd_readme_results)
 
     a = sub.add_parser(
         "annotate", help="run any spaCy pipeline over texts (.txt folder, JSONL, CSV, Parquet) and write its entities",

@@ -183,6 +183,50 @@ def confusion_markdown(name: str, matrix: Dict[str, Dict[str, int]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_table(metrics: Dict[str, Dict], split: str = "dev") -> str:
+    """The compact table (F1 per type, Avg-5, micro-5, words/s, coverage) with the paper's
+    published figures, marked as theirs: ``reports/summary.md``, what the README shows."""
+    types = list(PAPER_LABELS)
+    head = ["method"] + types + ["Avg-5 F1", "micro-5 F1", "words/s", "scored on"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(types) + 3) + "---|"]
+    for name, m in metrics.items():
+        table = m["spans_paper_per_type"]
+        wps = m.get("speed_words_per_second")
+        cells = ([f"{name} ({split})"] + [f"{table.get(t, {'f': 0})['f']:.3f}" for t in types]
+                 + [f"**{table['AVG-5']['f']:.3f}**", f"{table['MICRO-5']['f']:.3f}", f"{wps:,.0f}" if wps else "–",
+                    coverage(m)])
+        lines.append("| " + " | ".join(cells) + " |")
+    for name, f in PUBLISHED:
+        lines.append("| " + " | ".join([f"*{name}*"] + ["–"] * len(types) + [f"*{f:.3f}*", "–", "–", "*test split*"]) + " |")
+    lines.append("| " + " | ".join(["*human agreement (Martínez-deMiguel et al. 2022)*"] + ["–"] * len(types)
+                                   + [f"*{HUMAN_AGREEMENT_F1:.3f}*", "–", "–", "–"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+RESULTS_BEGIN = "<!-- results: begin (tokner readme-results; do not edit by hand) -->"
+RESULTS_END = "<!-- results: end -->"
+
+
+def insert_results(readme: Path, summary: Path, run: str, timings: Optional[Path] = None) -> str:
+    """Replace the block between the README's results markers by ``summary`` (the table
+    ``compare`` wrote), the run's description and its step times; returns the block."""
+    text = Path(readme).read_text(encoding="utf-8")
+    if RESULTS_BEGIN not in text or RESULTS_END not in text:
+        raise ValueError(f"{readme}: no results markers ({RESULTS_BEGIN} ... {RESULTS_END})")
+    block = [RESULTS_BEGIN, "", f"Run: {run}", "", Path(summary).read_text(encoding="utf-8").strip(), ""]
+    if timings is not None:
+        t = json.loads(Path(timings).read_text())
+        steps = ", ".join(f"{s['step']} {s['seconds']:,.0f}" for s in t["steps"])
+        wall = t.get("wall_seconds", t["total_seconds"])
+        block += [f"Seconds per step (`{Path(timings).name}`, {t.get('jobs', 1)} at a time): {steps}; "
+                  f"{t['total_seconds']:,.0f} s of steps in {wall:,.0f} s wall.", ""]
+    block.append(RESULTS_END)
+    head, _, rest = text.partition(RESULTS_BEGIN)
+    _, _, tail = rest.partition(RESULTS_END)
+    Path(readme).write_text(head + "\n".join(block) + tail, encoding="utf-8")
+    return "\n".join(block)
+
+
 def compare(
     pairs: Sequence[Tuple[str, Path]],
     out_dir: Path,
@@ -209,7 +253,9 @@ def compare(
         + f"\n\n![F1 per type]({png.name})\n",
         encoding="utf-8",
     )
-    result = {"markdown": md, "chart": png}
+    summary = out_dir / "summary.md"
+    summary.write_text(summary_table(metrics, split), encoding="utf-8")
+    result = {"markdown": md, "chart": png, "summary": summary}
     if gold is not None and docs_pairs:
         vocab = spacy.blank("en").vocab
         gold_docs = list(DocBin().from_disk(gold).get_docs(vocab))
