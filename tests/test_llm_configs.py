@@ -120,3 +120,25 @@ def test_bad_responses_file_fails_assemble_naming_file_and_line(tmp_path, conten
 
     assert re.search(message, proc.stdout + proc.stderr), proc.stdout + proc.stderr
     assert not out.exists()  # nothing half-written
+
+
+def test_failed_assemble_over_an_existing_pipeline_leaves_it_as_it_was(tmp_path):
+    """A bad responses file fails before anything is written: the pipeline already in the
+    folder keeps its config and its responses (no mix of new config and old answers)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "pipe"
+    good = _responses(tmp_path)
+    ok = subprocess.run([sys.executable, "-m", "spacy", "assemble", str(CONFIGS / "llm_replay.cfg"), str(out),
+                         "--paths.responses", str(good)], capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    bad = subprocess.run([sys.executable, "-m", "spacy", "assemble", str(CONFIGS / "llm_replay.cfg"), str(out),
+                          "--paths.responses", str(empty)], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode != 0 and "empty.jsonl: no responses in the file" in bad.stdout + bad.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [(e.text, e.label_) for e in spacy.load(out)(TEXT).ents] == [("Marfan syndrome", "RAREDISEASE"),
+                                                                      ("joint pain", "SYMPTOM")]

@@ -307,3 +307,20 @@ def test_bm25_scores_match_reference_formula():
     got = index.scores("skin disease")
     assert [round(float(x), 5) for x in got] == [round(ref("skin disease", d), 5) for d in toks]
     assert index.search_many(["skin disease", "heart"], 1) == [[0], [2]]
+
+
+def test_labels_outside_the_config_never_enter_ents_and_are_warned(tmp_path, caplog):
+    """An answer with a type the task was not configured with ("DRUG", and "SIGN" for a
+    task that only knows RAREDISEASE/SYMPTOM) is read as O, counted and logged."""
+    path = tmp_path / "r.jsonl"
+    with path.open("w") as f:
+        f.write(json.dumps({"tokens": ["Marfan", "syndrome", "causes", "joint", "pain", "."],
+                            "response": "Marfan : B-RAREDISEASE\nsyndrome : I-RAREDISEASE\ncauses : B-DRUG\n"
+                                        "joint : B-SIGN\npain : I-SIGN\n. : O"}) + "\n")
+    nlp = make_nlp({"@llm_models": "tokner.ReplayModel.v1", "path": str(path)}, labels=("RAREDISEASE", "SYMPTOM"))
+    with caplog.at_level("WARNING", logger="tokner"):
+        doc = nlp("Marfan syndrome causes joint pain.")
+    assert [(e.start_char, e.end_char, e.label_) for e in doc.ents] == [(0, 15, "RAREDISEASE")]
+    assert doc._.tokner_llm["unknown_labels"] == 3
+    assert any("3 answer line(s)" in r.getMessage() and "outside ['RAREDISEASE', 'SYMPTOM']" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]

@@ -244,6 +244,12 @@ class TokenNERTask:
             doc._.set(EXTENSION, summary)
             for k, v in summary.items():
                 self.alignment_totals[k] = self.alignment_totals.get(k, 0) + v
+            if summary.get("unknown_labels"):
+                # model output, so not an error; but a label the config does not know never
+                # enters Doc.ents, and the user should hear about it (counted per doc, too)
+                logger.warning("tokner.TokenNER.v1: %d answer line(s) of a doc had a label outside %s "
+                               "(read as O; %d so far)", summary["unknown_labels"], self._labels,
+                               self.alignment_totals["unknown_labels"])
             yield doc
 
     def scorer(self, examples: Iterable[Example]) -> Dict[str, Any]:
