@@ -143,3 +143,29 @@ def test_ensemble_search_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tokner", "ensemble-search", str(tmp_path / "gold.spacy"), "--members",
                           f"m1={tmp_path / 'missing.spacy'}"], capture_output=True, text=True)
     assert bad.returncode != 0 and "missing.spacy" in bad.stderr
+
+
+def test_ensemble_build_then_load_and_annotate(tmp_path):
+    a = _member(tmp_path / "a", [{"label": "RAREDISEASE", "pattern": "Alpha syndrome"}, {"label": "SIGN", "pattern": "rash"}])
+    b = _member(tmp_path / "b", [{"label": "RAREDISEASE", "pattern": "Alpha syndrome"}, {"label": "SYMPTOM", "pattern": "fever"}])
+    search = tmp_path / "search.json"
+    search.write_text(json.dumps({"setting_all": {"weights": {"a": 1.0, "b": 0.5}, "threshold": 1.0, "consistency": True}}))
+    cmd = [sys.executable, "-m", "tokner", "ensemble-build", str(search), str(tmp_path / "ens"), "--members"]
+    out = subprocess.run(cmd + [f"a={a}", f"b={b}"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    nlp = spacy.load(tmp_path / "ens")
+    assert nlp.pipe_names == ["tokner_sentencizer", "tokner_ensemble"]
+    text = "Patients with Alpha syndrome have rash and Beta fever ."
+    # a alone (1.0) reaches the threshold, b alone (0.5) does not
+    assert [(e.text, e.label_) for e in nlp(text).ents] == [("Alpha syndrome", "RAREDISEASE"), ("rash", "SIGN")]
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text(json.dumps({"id": "n1", "text": text}) + "\n" + json.dumps({"id": "n2", "text": "No findings."}) + "\n")
+    ann = subprocess.run([sys.executable, "-m", "tokner", "annotate", str(tmp_path / "ens"), str(notes),
+                          str(tmp_path / "out.jsonl")], capture_output=True, text=True)
+    assert ann.returncode == 0, ann.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["n1", "n2"]
+    assert [(e["start"], e["end"], e["label"]) for e in rows[0]["entities"]] == [(14, 28, "RAREDISEASE"), (34, 38, "SIGN")]
+    assert rows[1]["entities"] == []
+    missing = subprocess.run(cmd + [f"a={a}"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "chose weights for ['b']" in missing.stderr

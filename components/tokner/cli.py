@@ -339,6 +339,29 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_ensemble_build(args) -> int:
+    from .ensemble import build_ensemble
+
+    setting = json.loads(Path(args.search).read_text())["setting_all"]
+    members = {}
+    for spec in args.members:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--members expects NAME=PIPELINE, got {spec!r}")
+        members[name] = path
+    missing = sorted(set(setting["weights"]) - set(members))
+    if missing:
+        raise SystemExit(f"{args.search} chose weights for {missing}: give their pipelines with --members")
+    try:
+        nlp = build_ensemble(members, setting)
+    except (OSError, ValueError) as e:
+        raise SystemExit(str(e)) from None
+    nlp.to_disk(args.output)
+    print(f"wrote {args.output}: members {sorted(members)}, weights {setting['weights']}, "
+          f"threshold {setting['threshold']}, consistency {setting['consistency']}")
+    return 0
+
+
 def _cmd_readme_results(args) -> int:
     from .report import insert_results
 
@@ -480,6 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-docs", type=int, default=5)
     r.add_argument("--split", default="dev")
     r.set_defaults(func=_cmd_compare)
+
+    eb = sub.add_parser("ensemble-build", help="save a pipeline that votes over member pipelines with the setting "
+                                               "ensemble-search chose on all documents (members copied inside)")
+    eb.add_argument("search", help="the JSON written by tokner ensemble-search --output")
+    eb.add_argument("output", help="pipeline folder to write")
+    eb.add_argument("--members", nargs="+", required=True, metavar="NAME=PIPELINE",
+                    help="each member's pipeline folder, named as in the search")
+    eb.set_defaults(func=_cmd_ensemble_build)
 
     rr = sub.add_parser("readme-results", help="put compare's summary table (reports/summary.md), the run's description "
                                                "and its step times between README.md's results markers")

@@ -330,3 +330,19 @@ def make_ensemble(nlp: Language, name: str, members: Dict[str, str], weights: Di
     ``tokner ensemble-search`` chooses weights and threshold on dev by cross-fitting.
     """
     return EnsembleNER(nlp, name, members, weights, threshold, consistency)
+
+
+def build_ensemble(members: Dict[str, str], setting: Dict[str, Any]) -> Language:
+    """A pipeline (the paper's tokenizer and sentences, then ``tokner_ensemble``) voting over
+    ``members`` (name -> pipeline folder) with ``setting`` (weights, threshold, consistency)
+    as chosen by :func:`cross_fit` on all documents."""
+    import spacy
+
+    nlp = spacy.blank("en", config={"nlp": {"tokenizer": {"@tokenizers": "tokner.PaperTokenizer.v1"}}})
+    nlp.add_pipe("tokner_sentencizer")
+    nlp.add_pipe("tokner_ensemble", config={
+        "members": {k: str(v) for k, v in members.items()},
+        "weights": {k: float(setting["weights"].get(k, 0.0)) for k in members},
+        "threshold": float(setting["threshold"]), "consistency": bool(setting.get("consistency", False))})
+    nlp.initialize()
+    return nlp
