@@ -131,13 +131,17 @@ def test_ensemble_search_cli(tmp_path):
     DocBin(docs=_with(gold, [gold_spans[::2]] * 4)).to_disk(tmp_path / "m3.spacy")
     out = subprocess.run([sys.executable, "-m", "tokner", "ensemble-search", str(tmp_path / "gold.spacy"), "--members",
                           f"m1={tmp_path / 'm1.spacy'}", f"m2={tmp_path / 'm2.spacy'}", f"m3={tmp_path / 'm3.spacy'}",
-                          "--output", str(tmp_path / "e.json"), "--save-docs", str(tmp_path / "e.spacy")],
+                          "--output", str(tmp_path / "e.json"), "--save-docs", str(tmp_path / "e.spacy"),
+                          "--metrics-output", str(tmp_path / "m.json")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     rows = json.loads((tmp_path / "e.json").read_text())["rows"]
     # each member has 2 of the 3 spans; every span has 2 of 3 votes: majority voting recovers all
     assert rows["m1"]["micro5"] == pytest.approx(0.8)
     assert rows["vote(m1+m2+m3), cross-fit 2 folds"]["micro5"] == pytest.approx(1.0)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["paper_micro5_f"] == pytest.approx(1.0) and metrics["docs"] == 4
+    assert metrics["spans_paper_per_type"]["SYMPTOM"]["f"] == pytest.approx(1.0)
     saved = list(DocBin().from_disk(tmp_path / "e.spacy").get_docs(nlp.vocab))
     assert [(e.start, e.end, e.label_) for e in saved[0].ents] == gold_spans
     bad = subprocess.run([sys.executable, "-m", "tokner", "ensemble-search", str(tmp_path / "gold.spacy"), "--members",

@@ -24,7 +24,7 @@ pytest.importorskip("peft")
 from reference_scores import seqeval_micro5  # noqa: E402
 from tiny_models import ROOT, make_tiny_bert, make_tiny_llama, pick_brat  # noqa: E402
 
-METHODS = ("cnn", "cnn-vectors", "bert", "zero-shot", "few-shot", "rag", "lora-constrained", "lora-free")
+METHODS = ("cnn", "cnn-vectors", "bert", "zero-shot", "few-shot", "rag", "lora-constrained", "lora-free", "ensemble")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,8 @@ def tiny_project(tmp_path_factory, brat_train, brat_dev):
     overrides = {
         "raredis_dir": data, "transformer": bert, "minilm": bert, "llm_model": llama, "lora_base_model": llama,
         "cnn_max_steps": 4, "cnn_eval_frequency": 2, "bert_max_steps": 2, "bert_eval_frequency": 2,
-        "lora_max_minutes": 0.02, "lora_eval_docs": 1, "lora_free_docs": 1, "llm_max_sentences": 2,
+        "lora_max_minutes": 0.02, "lora_eval_docs": 1, "lora_free_docs": 1, "lora_eval_dtype": "float32",
+        "llm_max_sentences": 2,
     }
     args = [a for k, v in overrides.items() for a in (f"--vars.{k}", str(v))]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
@@ -98,7 +99,8 @@ def test_compare_writes_table_chart_and_html(tiny_project):
 def test_every_method_scored_with_the_paper_metric(tiny_project):
     proj = tiny_project[0]
     names = {"cnn": "cnn-dev", "cnn-vectors": "cnn_vectors-dev", "bert": "bert-dev", "zero-shot": "llm_zero-dev", "few-shot": "llm_few-dev",
-             "rag": "llm_rag-dev", "lora-constrained": "lora-dev", "lora-free": "lora-free-dev"}
+             "rag": "llm_rag-dev", "lora-constrained": "lora-dev", "lora-free": "lora-free-dev",
+             "ensemble": "ensemble-dev"}
     checked = []
     for method, stem in names.items():
         scores = json.loads((proj / "metrics" / f"{stem}.json").read_text())
@@ -111,10 +113,27 @@ def test_every_method_scored_with_the_paper_metric(tiny_project):
         if ref is not None:  # predictions on the gold tokens: seqeval gives the same micro-5
             assert scores["paper_micro5_f"] == pytest.approx(ref[2]), method
             checked.append(method)
-    assert {"zero-shot", "few-shot", "rag"} <= set(checked), checked
+    assert {"zero-shot", "few-shot", "rag", "ensemble"} <= set(checked), checked
+    # the voting pipeline, its members inside, gives what the chosen setting gives on the
+    # members' saved predictions (the LoRA row decodes in float32 here, as the saved member does)
+    import spacy
+    from spacy.tokens import DocBin
+
+    from tokner.ensemble import predict
+
+    nlp = spacy.load(proj / "training" / "ensemble")
+    inside = sorted(p.name for p in (proj / "training" / "ensemble" / "tokner_ensemble" / "members").iterdir())
+    assert inside == ["bert", "cnn", "cnn-vectors", "lora"]
+    gold = list(DocBin().from_disk(proj / "corpus" / "dev.spacy").get_docs(nlp.vocab))
+    saved = {m: list(DocBin().from_disk(proj / "metrics" / f"{names[m]}.spacy").get_docs(nlp.vocab))
+             for m in ("lora-constrained", "bert", "cnn-vectors", "cnn")}
+    saved["lora"] = saved.pop("lora-constrained")
+    setting = json.loads((proj / "metrics" / "ensemble-search.json").read_text())["setting_all"]
+    expected = predict(gold, saved, setting)
+    assert [[(e.start, e.end, e.label_) for e in nlp(g.text).ents] for g in gold] == expected
 
 
 def test_rerun_skips_unchanged_steps(tiny_project):
     for out in tiny_project[2:]:  # one after another, then two at a time
-        for step in ("corpus", "train-cnn", "train-bert", "llm-zero", "train-lora", "compare"):
+        for step in ("corpus", "train-cnn", "train-bert", "llm-zero", "train-lora", "ensemble", "compare"):
             assert f"Skipping '{step}'" in out, step

@@ -281,6 +281,11 @@ def _cmd_ensemble_search(args) -> int:
     if args.save_docs:
         Path(args.save_docs).parent.mkdir(parents=True, exist_ok=True)
         DocBin(docs=held).to_disk(args.save_docs)
+    if args.metrics_output:  # the cross-fitted vote in tokner evaluate's format (a row of tokner compare)
+        scores = score_paper_ner([Example(p, g) for p, g in zip(held, gold)])
+        scores.update({"docs": len(gold), "data": args.gold, "method": key, "setting_all": result["setting_all"]})
+        Path(args.metrics_output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.metrics_output).write_text(json.dumps(scores, indent=2) + "\n")
     return 0
 
 
@@ -479,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--no-consistency", action="store_true", help="do not try document consistency after the vote")
     en.add_argument("--output", help="metrics JSON (rows, settings per fold, setting chosen on all documents)")
     en.add_argument("--save-docs", help="the cross-fitted vote's predictions as a DocBin (for tokner compare)")
+    en.add_argument("--metrics-output", help="the cross-fitted vote's scores in tokner evaluate's format (for tokner compare)")
     en.set_defaults(func=_cmd_ensemble_search)
 
     o = sub.add_parser("score-outputs", help="score a ######-separated 'token : label' file against an IOB CSV")
