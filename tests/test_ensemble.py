@@ -23,6 +23,9 @@ def test_vote_keeps_spans_that_reach_the_threshold_without_overlaps():
     assert vote({"a": a, "b": b, "c": c}, {"a": 1.0, "b": 1.0, "c": 2.5}, 2.5) == [
         (0, 2, "RAREDISEASE"), (4, 6, "SIGN"), (8, 9, "SYMPTOM")]
     assert vote({"a": a}, {"a": 1.0}, 1.5) == []
+    # by boundary: (0, 2) has three votes whatever the label, and DISEASE the most weight
+    assert vote({"a": a, "b": b, "c": c}, w, 3.0, by_boundary=True) == [(0, 2, "DISEASE")]
+    assert vote({"a": a, "b": b, "c": c}, {"a": 0.5, "b": 0.5, "c": 2.0}, 3.0, by_boundary=True) == [(0, 2, "RAREDISEASE")]
 
 
 def test_consistency_unifies_same_text_mentions_within_a_group():

@@ -130,7 +130,7 @@ def test_every_method_scored_with_the_paper_metric(tiny_project):
     saved["lora"] = saved.pop("lora-constrained")
     setting = json.loads((proj / "metrics" / "ensemble-search.json").read_text())["setting_all"]
     expected = predict(gold, saved, setting)
-    assert [[(e.start, e.end, e.label_) for e in nlp(g.text).ents] for g in gold] == expected
+    assert [[(e.start_char, e.end_char, e.label_) for e in nlp(g.text).ents] for g in gold] == expected
 
 
 def test_rerun_skips_unchanged_steps(tiny_project):

@@ -210,7 +210,7 @@ def _cmd_score_docs(args) -> int:
 
 
 def _load_aligned_predictions(gold_path: str, specs: List[str], nlp):
-    """NAME=DOCBIN specs -> (gold docs, {name: predicted docs on the gold tokens})."""
+    """NAME=DOCBIN specs -> (gold docs, {name: predicted docs of the same texts})."""
     from spacy.tokens import DocBin
 
     from .evaluation import load_gold_docs
@@ -227,19 +227,19 @@ def _load_aligned_predictions(gold_path: str, specs: List[str], nlp):
         if len(docs) != len(gold):
             raise SystemExit(f"{path}: {len(docs)} docs, {gold_path}: {len(gold)}")
         for i, (d, g) in enumerate(zip(docs, gold)):
-            if [t.text for t in d] != [t.text for t in g]:
-                raise SystemExit(f"{path}: doc {i} is not on the gold tokens of {gold_path} (save predictions with "
-                                 "tokner evaluate --save-docs)")
+            if d.text != g.text:
+                raise SystemExit(f"{path}: doc {i} does not have the text of gold doc {i} of {gold_path} "
+                                 f"({d.text[:40]!r} vs {g.text[:40]!r}; save predictions with tokner evaluate --save-docs)")
         members[name] = docs
     return gold, members
 
 
 def _cmd_ensemble_search(args) -> int:
     import spacy
-    from spacy.tokens import DocBin, Span
+    from spacy.tokens import DocBin
     from spacy.training import Example
 
-    from .ensemble import apply_consistency, cross_fit
+    from .ensemble import apply_consistency, cross_fit, set_ents
     from .scorer import PAPER_LABELS, score_paper_ner
 
     nlp = spacy.blank("en")
@@ -261,9 +261,7 @@ def _cmd_ensemble_search(args) -> int:
     result = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency)
     held = []
     for g, triples in zip(gold, result["held_out"]):
-        d = copy(g)
-        d.ents = [Span(d, a, b, label=lab) for a, b, lab in triples]
-        held.append(d)
+        held.append(set_ents(copy(g), triples))
     key = f"vote({'+'.join(members)}), cross-fit {args.folds} folds"
     rows[key] = paper(held)
     cols = ["avg", "micro5", *PAPER_LABELS]
@@ -479,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "score each member, with document consistency, and the vote")
     en.add_argument("gold", help="gold DocBin, BRAT folder or IOB CSV")
     en.add_argument("--members", nargs="+", required=True, metavar="NAME=DOCBIN",
-                    help="each member's predictions on the gold tokens (tokner evaluate --save-docs)")
+                    help="each member's predictions on the gold texts (tokner evaluate --save-docs)")
     en.add_argument("--folds", type=int, default=2, help="documents split in this many contiguous folds (default 2)")
     en.add_argument("--no-consistency", action="store_true", help="do not try document consistency after the vote")
     en.add_argument("--output", help="metrics JSON (rows, settings per fold, setting chosen on all documents)")

@@ -1,6 +1,8 @@
 """Combining methods: span voting over member pipelines, and document-level label consistency.
 
-* :func:`vote`: each member's entities are votes for exact spans (start, end, label); a
+* :func:`vote`: each member's entities are votes for exact spans (start and end
+  character, label: members may tokenize differently, the paper's metric compares
+  character offsets too); a
   span's score is the sum of the weights of the members that predicted exactly it, and the
   spans scoring at least ``threshold`` are kept, highest score first (then longer first,
   then earlier), skipping any that overlaps one already kept. Exact spans in, exact spans
@@ -36,13 +38,30 @@ Triple = Tuple[int, int, str]
 DEFAULT_GROUPS = (("RAREDISEASE", "SKINRAREDISEASE"),)
 
 
-def vote(member_spans: Dict[str, Iterable[Triple]], weights: Dict[str, float], threshold: float) -> List[Triple]:
-    """Weighted exact-span voting; returns non-overlapping (start, end, label) in text order."""
-    score: Dict[Triple, float] = defaultdict(float)
+def vote(member_spans: Dict[str, Iterable[Triple]], weights: Dict[str, float], threshold: float,
+         by_boundary: bool = False) -> List[Triple]:
+    """Weighted exact-span voting; returns non-overlapping (start, end, label) in text order.
+
+    by_boundary: a span's score is the weight of the members that predicted its start and
+    end with any label, and its label the one with the most weight among them (ties: the
+    label of the member listed first); otherwise (start, end, label) must match exactly."""
+    score: Dict[Any, float] = defaultdict(float)
+    label_weight: Dict[Any, Dict[str, float]] = defaultdict(dict)
     for name, spans in member_spans.items():
         w = float(weights.get(name, 1.0))
         for span in set(spans):
-            score[span] += w
+            key = span[:2] if by_boundary else span
+            score[key] += w
+            if by_boundary:
+                lw = label_weight[key]
+                lw[span[2]] = lw.get(span[2], 0.0) + w
+    if by_boundary:
+        labelled = {}
+        for key, total in score.items():
+            lw = label_weight[key]
+            best = max(lw.values())
+            labelled[(key[0], key[1], next(lab for lab, v in lw.items() if v == best))] = total
+        score = labelled
     ranked = sorted((s for s in score if score[s] >= threshold - 1e-9),
                     key=lambda s: (-score[s], -(s[1] - s[0]), s[0], s[2]))
     taken: List[Triple] = []
@@ -91,17 +110,20 @@ def consistent_labels(spans: Sequence[Triple], texts: Sequence[str],
 
 
 def _triples(doc: Doc) -> List[Triple]:
-    return [(e.start, e.end, e.label_) for e in doc.ents]
+    return [(e.start_char, e.end_char, e.label_) for e in doc.ents]
 
 
 def set_ents(doc: Doc, triples: Iterable[Triple]) -> Doc:
-    doc.ents = filter_spans([Span(doc, s, e, label=lab) for s, e, lab in triples])
+    """``Doc.ents`` from character spans; a span whose ends fall inside this doc's tokens
+    (a member that tokenized differently) takes the tokens it touches."""
+    spans = [doc.char_span(s, e, label=lab, alignment_mode="expand") for s, e, lab in triples]
+    doc.ents = filter_spans([sp for sp in spans if sp is not None])
     return doc
 
 
 def apply_consistency(doc: Doc, groups: Optional[Sequence[Sequence[str]]] = DEFAULT_GROUPS) -> Doc:
     spans = _triples(doc)
-    return set_ents(doc, consistent_labels(spans, [doc[s:e].text for s, e, _ in spans], groups))
+    return set_ents(doc, consistent_labels(spans, [doc.text[s:e] for s, e, _ in spans], groups))
 
 
 # ---------------------------------------------------------------------------------------
@@ -148,28 +170,30 @@ def candidate_settings(names: Sequence[str], weight_grid: Sequence[float] = (0.5
 
 
 def choose(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Sequence[str],
-           consistency: Sequence[bool] = (False, True), weight_grid: Sequence[float] = (0.5, 1.0, 1.5, 2.0)):
-    """The setting (weights, threshold, consistency) with the best objective on these docs."""
+           consistency: Sequence[bool] = (False, True), weight_grid: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
+           by_boundary: Sequence[bool] = (False, True)):
+    """The setting (weights, threshold, by_boundary, consistency) with the best objective on these docs."""
     names = list(members)
     spans = [{n: _triples(members[n][i]) for n in names} for i in range(len(gold))]
-    texts = [g for g in gold]
+    texts = [g.text for g in gold]
     best = None
-    for w, t in candidate_settings(names, weight_grid):
-        voted = [vote(s, w, t) for s in spans]
+    for (w, t), bb in itertools.product(candidate_settings(names, weight_grid), by_boundary):
+        voted = [vote(s, w, t, bb) for s in spans]
         for cons in consistency:
-            pred = [consistent_labels(v, [texts[i][a:b].text for a, b, _ in v]) for i, v in enumerate(voted)] if cons else voted
+            pred = [consistent_labels(v, [texts[i][a:b] for a, b, _ in v]) for i, v in enumerate(voted)] if cons else voted
             sc = objective(f_scores(_counts(gold, pred, labels)))
             if best is None or sc > best[0] + 1e-12:
-                best = (sc, {"weights": w, "threshold": t, "consistency": cons})
+                best = (sc, {"weights": w, "threshold": t, "by_boundary": bb, "consistency": cons})
     return best[1]
 
 
 def predict(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], setting: Dict[str, Any]) -> List[List[Triple]]:
     out = []
     for i, g in enumerate(gold):
-        v = vote({n: _triples(members[n][i]) for n in members}, setting["weights"], setting["threshold"])
+        v = vote({n: _triples(members[n][i]) for n in members}, setting["weights"], setting["threshold"],
+                 bool(setting.get("by_boundary", False)))
         if setting.get("consistency"):
-            v = consistent_labels(v, [g[a:b].text for a, b, _ in v])
+            v = consistent_labels(v, [g.text[a:b] for a, b, _ in v])
         out.append(v)
     return out
 
@@ -240,13 +264,14 @@ class EnsembleNER:
     """``tokner_ensemble``: runs member pipelines on the document's tokens and votes."""
 
     def __init__(self, nlp: Language, name: str, members: Dict[str, str], weights: Dict[str, float],
-                 threshold: float, consistency: bool):
+                 threshold: float, consistency: bool, by_boundary: bool = False):
         self.nlp = nlp
         self.name = name
         self.member_paths = dict(members)
         self.weights = {k: float(v) for k, v in weights.items()}
         self.threshold = float(threshold)
         self.consistency = bool(consistency)
+        self.by_boundary = bool(by_boundary)
         unknown = sorted(set(self.weights) - set(self.member_paths))
         if unknown:
             raise ValueError(f"tokner_ensemble: weights for members that are not in members: {unknown}")
@@ -291,7 +316,7 @@ class EnsembleNER:
     def _run(self, docs: List[Doc]) -> List[Doc]:
         members = self._member_docs(docs)
         setting = {"weights": {k: self.weights.get(k, 1.0) for k in members}, "threshold": self.threshold,
-                   "consistency": self.consistency}
+                   "by_boundary": self.by_boundary, "consistency": self.consistency}
         for doc, triples in zip(docs, predict(docs, members, setting)):
             set_ents(doc, triples)
         return docs
@@ -317,19 +342,22 @@ class EnsembleNER:
         return self
 
 
-@Language.factory("tokner_ensemble", default_config={"members": {}, "weights": {}, "threshold": 1.0, "consistency": False})
+@Language.factory("tokner_ensemble", default_config={"members": {}, "weights": {}, "threshold": 1.0,
+                                                     "by_boundary": False, "consistency": False})
 def make_ensemble(nlp: Language, name: str, members: Dict[str, str], weights: Dict[str, float], threshold: float,
-                  consistency: bool):
+                  by_boundary: bool, consistency: bool):
     """Exact-span voting over member pipelines (see :func:`vote`).
 
     members: name -> pipeline folder (copied into this component's folder by ``to_disk``,
         loaded from there by ``from_disk``); each member runs on the document's own tokens.
     weights: name -> vote weight (default 1 each).
     threshold: the vote sum a span needs to be kept.
+    by_boundary: vote on start and end only, the label being the heaviest among the members
+        that predicted that span (else start, end and label must all match).
     consistency: unify labels of same-text RAREDISEASE/SKINRAREDISEASE mentions after voting.
     ``tokner ensemble-search`` chooses weights and threshold on dev by cross-fitting.
     """
-    return EnsembleNER(nlp, name, members, weights, threshold, consistency)
+    return EnsembleNER(nlp, name, members, weights, threshold, consistency, by_boundary)
 
 
 def build_ensemble(members: Dict[str, str], setting: Dict[str, Any]) -> Language:
@@ -343,6 +371,7 @@ def build_ensemble(members: Dict[str, str], setting: Dict[str, Any]) -> Language
     nlp.add_pipe("tokner_ensemble", config={
         "members": {k: str(v) for k, v in members.items()},
         "weights": {k: float(setting["weights"].get(k, 0.0)) for k in members},
-        "threshold": float(setting["threshold"]), "consistency": bool(setting.get("consistency", False))})
+        "threshold": float(setting["threshold"]), "by_boundary": bool(setting.get("by_boundary", False)),
+        "consistency": bool(setting.get("consistency", False))})
     nlp.initialize()
     return nlp
