@@ -103,6 +103,17 @@ def step_predecessors(steps: List[str], commands: Dict[str, Dict[str, Any]]) -> 
     return before
 
 
+_PRINT = threading.Lock()
+
+
+def _say(msg: str, flush: bool = True) -> None:
+    """One line to stdout, whole (the steps' threads print side by side)."""
+    with _PRINT:
+        sys.stdout.write(msg + "\n")
+        if flush:
+            sys.stdout.flush()
+
+
 def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> int:
     from weasel.util.config import parse_config_overrides
     from weasel.cli.run import check_rerun, update_lockfile
@@ -134,12 +145,12 @@ def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> 
         cmd = commands[step]
         missing = [d for d in cmd.get("deps", []) if not (project_dir / d).exists()]
         if missing:
-            print(f"✘ Missing dependency specified by command '{step}': {missing[0]}", flush=True)
+            _say(f"✘ Missing dependency specified by command '{step}': {missing[0]}", flush=True)
             return 1, False
         with lock:
             rerun = check_rerun(project_dir, cmd)
         if not rerun:
-            print(f"ℹ Skipping '{step}': nothing changed", flush=True)
+            _say(f"ℹ Skipping '{step}': nothing changed", flush=True)
             return 0, True
         with open(logs / f"{step}.log", "w", encoding="utf-8") as log:
             for line in cmd["script"]:
@@ -160,7 +171,7 @@ def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> 
         try:
             rc, skipped = run_step(step)
         except Exception as err:  # a bug here must not leave the scheduler waiting forever
-            print(f"✘ {step}: {type(err).__name__}: {err}", flush=True)
+            _say(f"✘ {step}: {type(err).__name__}: {err}", flush=True)
             rc, skipped = 1, False
         secs = time.perf_counter() - t0
         with cond:
@@ -170,7 +181,7 @@ def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> 
             cond.notify_all()
         if not skipped:
             tail = "" if rc == 0 else f"; see {logs / (step + '.log')}"
-            print(f"=== {step}: {secs:.1f} s (exit {rc}{tail}) ===", flush=True)
+            _say(f"=== {step}: {secs:.1f} s (exit {rc}{tail}) ===", flush=True)
 
     threads = []
     with cond:
@@ -184,7 +195,7 @@ def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> 
                 break
             for step in ready[: jobs - running]:
                 state[step] = "running"
-                print(f"=== {step} (started at {time.perf_counter() - t_start:.0f} s) ===", flush=True)
+                _say(f"=== {step} (started at {time.perf_counter() - t_start:.0f} s) ===", flush=True)
                 t = threading.Thread(target=worker, args=(step,), daemon=True)
                 threads.append(t)
                 t.start()
@@ -194,7 +205,7 @@ def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> 
     timings = [results[s] for s in steps if s in results]
     not_run = [s for s in steps if s not in results]
     if not_run:
-        print(f"not run: {', '.join(not_run)}", flush=True)
+        _say(f"not run: {', '.join(not_run)}", flush=True)
     _write_timings(project_dir, name, metrics, timings, time.perf_counter() - t_start, jobs)
     return next((t["returncode"] for t in timings if t["returncode"] != 0), 0)
 
@@ -242,7 +253,7 @@ def split_jobs(args: List[str]) -> Tuple[int, List[str]]:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
-        print(__doc__)
+        _say(__doc__)
         return 2
     jobs, rest = split_jobs(argv[1:])
     return run_workflow(argv[0], expand_vars_file(rest), jobs=jobs)
