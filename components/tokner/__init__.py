@@ -6,7 +6,7 @@ plain ``pip install``).
 
 The modules, by layer:
 
-* text and corpus: ``tokenizer`` (the paper's tokens), ``sentencizer``, ``brat`` and
+* text and corpus: ``tokenizer`` (the paper's tokens), ``sentencizer`` (on ``pipes``, what stateless components share), ``brat`` and
   ``iob`` (the two source formats), ``corpus`` (``tokner convert``), ``readers`` (spaCy
   ``[corpora]`` readers), ``vectors`` (static vectors for the CNN);
 * tags and answers: ``tags`` (BIO <-> spans), ``paper_format`` (the ``token : label``

@@ -33,6 +33,8 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example
 from spacy.util import filter_spans
 
+from .pipes import StatelessComponent
+
 Triple = Tuple[int, int, str]
 
 DEFAULT_GROUPS = (("RAREDISEASE", "SKINRAREDISEASE"),)
@@ -222,7 +224,7 @@ def cross_fit(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Se
 # components
 
 
-class DocConsistency:
+class DocConsistency(StatelessComponent):
     """``tokner_doc_consistency``: see :func:`consistent_labels`."""
 
     def __init__(self, name: str = "tokner_doc_consistency",
@@ -232,22 +234,6 @@ class DocConsistency:
 
     def __call__(self, doc: Doc) -> Doc:
         return apply_consistency(doc, self.groups)
-
-    def pipe(self, stream, batch_size: int = 128):
-        for doc in stream:
-            yield self(doc)
-
-    def to_bytes(self, *, exclude=tuple()):
-        return b""
-
-    def from_bytes(self, data, *, exclude=tuple()):
-        return self
-
-    def to_disk(self, path, *, exclude=tuple()):
-        Path(path).mkdir(parents=True, exist_ok=True)
-
-    def from_disk(self, path, *, exclude=tuple()):
-        return self
 
 
 @Language.factory("tokner_doc_consistency", default_config={"groups": [list(g) for g in DEFAULT_GROUPS]})

@@ -9,10 +9,11 @@ from __future__ import annotations
 from spacy.language import Language
 from spacy.tokens import Doc
 
+from .pipes import StatelessComponent
 from .tokenizer import paper_sent_starts
 
 
-class PaperSentencizer:
+class PaperSentencizer(StatelessComponent):
     def __init__(self, name: str = "tokner_sentencizer", overwrite: bool = True):
         self.name = name
         self.overwrite = overwrite
@@ -28,21 +29,6 @@ class PaperSentencizer:
             token.is_sent_start = start
         return doc
 
-    def pipe(self, stream, batch_size: int = 128):
-        for doc in stream:
-            yield self(doc)
-
-    def to_bytes(self, *, exclude=tuple()):
-        return b""
-
-    def from_bytes(self, data, *, exclude=tuple()):
-        return self
-
-    def to_disk(self, path, *, exclude=tuple()):
-        return None
-
-    def from_disk(self, path, *, exclude=tuple()):
-        return self
 
 
 @Language.factory(
