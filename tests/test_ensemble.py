@@ -69,6 +69,16 @@ def test_cross_fit_chooses_on_the_other_fold():
         # whatever was chosen reproduces gold exactly: "good" alone reaches the threshold, "noisy" alone does not
         assert w["good"] >= t and w["noisy"] < t
     assert len(result["held_out"]) == 6
+    # the search's fast counter agrees with the paper's scorer
+    from spacy.training import Example
+
+    from tokner.ensemble import _counts, _triples, f_scores
+    from tokner.scorer import score_paper_ner
+
+    for member in (noisy, half):
+        fast = f_scores(_counts(gold, [_triples(d) for d in member], PAPER_LABELS))
+        ref = score_paper_ner([Example(p, g) for p, g in zip(member, gold)])
+        assert fast["micro"] == pytest.approx(ref["paper_micro5_f"]) and fast["avg"] == pytest.approx(ref["paper_avg_f"])
 
 
 def _member(path, patterns):
