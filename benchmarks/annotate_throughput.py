@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from tokner.textfile import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "training" / "cnn" / "model-best"
 DEFAULT_TEXTS = ROOT.parent / "shared" / "raredis" / "brat" / "dev"
@@ -151,8 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     results["outputs_identical"] = same
     print(f"outputs identical: {same}")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.output, results)
     return 0 if same else 1
 
 

@@ -18,6 +18,8 @@ import os
 import time
 from pathlib import Path
 
+from tokner.textfile import write_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -105,8 +107,7 @@ def main() -> int:
           f"micro-5 F1 {scores['paper_micro5_f']*100:.2f}, fully aligned {align['fully_aligned_fraction']*100:.1f}%, "
           f"{scores['sentences_per_second']:.3f} sentences/s (setup {build_s:.0f} s)")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(scores, indent=2, default=str) + "\n")
+        write_json(args.output, scores, default=str)
     return 0
 
 

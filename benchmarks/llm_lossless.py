@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, List, Set, Tuple
 
+from tokner.textfile import write_json
+
 Lines = List[str]
 
 
@@ -131,8 +133,7 @@ def main() -> int:
         print(f"{name:<26}{scores['paper_avg_f']*100:>8.2f}{scores['paper_micro5_f']*100:>8.2f}"
               f"{scores['paper_micro_f']*100:>9.2f}{align['fully_aligned_fraction']*100:>8.1f}%{affected:>9}{n_gold:>7}")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.output, results)
     return 0
 
 

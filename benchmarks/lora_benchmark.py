@@ -23,6 +23,8 @@ import spacy
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 
+from tokner.textfile import write_json
+
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -123,14 +125,12 @@ def main() -> None:
         result[mode] = run_mode(pipe, mode, sents, nlp.vocab, batch)
         print(mode, json.dumps({k: v for k, v in result[mode].items() if k != "answers_sample"}, indent=1))
         if args.output:  # after each mode, so a long free-generation run keeps the constrained numbers
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+            write_json(args.output, result)
     if "constrained" in result and "free" in result:
         result["free_over_constrained_time"] = result["free"]["seconds"] / result["constrained"]["seconds"]
         print(f"constrained is {result['free_over_constrained_time']:.2f}x faster than free generation")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.output, result)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tokner.textfile import write_json
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,8 +89,7 @@ def main(argv=None) -> int:
     }
     print(json.dumps(out, indent=2))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.output, out)
     return 0
 
 

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tokner.textfile import write_json
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,8 +54,7 @@ def main() -> int:
         results["speedup_bf16"] = results["runs"]["float32"]["sec_per_step"] / results["runs"]["bfloat16"]["sec_per_step"]
     print(json.dumps(results, indent=2))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.output, results)
     return 0
 
 

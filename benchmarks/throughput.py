@@ -22,7 +22,6 @@ on a shared CPU, compare numbers from the same run only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from tqdm import tqdm
+
+from tokner.textfile import write_json
 
 
 def _best_of(fn: Callable[[], None], repeats: int) -> float:
@@ -150,8 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"({ref['seconds']:.1f} s)   ratio spaCy/HF = {entry['ratio_spacy_over_hf']:.2f}")
         results["pipelines"][name] = entry
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.output, results)
         print(f"written to {args.output}")
     return 0
 

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .textfile import write_json
+
 
 def _json_or_str(value: str):
     try:
@@ -56,8 +58,7 @@ def _cmd_convert(args) -> int:
               f"{stats['entities'] if 'entities' in stats else '-':>6} annotated  {stats['ents']:>6} in Doc.ents  "
               f"({stats['format']}: {stats['source']})")
     if args.stats:
-        Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.stats).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.stats, report)
         print(f"policy counts written to {args.stats}")
     return 0
 
@@ -153,8 +154,7 @@ def _cmd_evaluate(args) -> int:
         DocBin(store_user_data=False, docs=[eg.predicted for eg in examples]).to_disk(args.save_docs)
     print(f"{scores['docs']} docs, {scores['speed_words_per_second']:.0f} words/s")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(scores, indent=2) + "\n")
+        write_json(args.output, scores)
     if args.test:
         if not Path(args.test).exists():
             print(f"no test split at {args.test}: test evaluation skipped")
@@ -164,8 +164,7 @@ def _cmd_evaluate(args) -> int:
             print(f"== test split ({args.test})")
             print(format_table(test_scores))
             if args.test_output:
-                Path(args.test_output).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.test_output).write_text(json.dumps(test_scores, indent=2) + "\n")
+                write_json(args.test_output, test_scores)
     return 0
 
 
@@ -204,8 +203,7 @@ def _cmd_score_docs(args) -> int:
     scores.update({"docs": len(examples), "data": args.gold, "doc_slice": args.docs, "predicted": args.predicted})
     print(format_table(scores))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(scores, indent=2) + "\n")
+        write_json(args.output, scores)
     return 0
 
 
@@ -274,16 +272,14 @@ def _cmd_ensemble_search(args) -> int:
     if args.output:
         out = {"gold": args.gold, "members": dict(s.partition("=")[::2] for s in args.members), "folds": args.folds,
                "rows": rows, "fold_settings": result["fold_settings"], "setting_all": result["setting_all"]}
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.output, out)
     if args.save_docs:
         Path(args.save_docs).parent.mkdir(parents=True, exist_ok=True)
         DocBin(docs=held).to_disk(args.save_docs)
     if args.metrics_output:  # the cross-fitted vote in tokner evaluate's format (a row of tokner compare)
         scores = score_paper_ner([Example(p, g) for p, g in zip(held, gold)])
         scores.update({"docs": len(gold), "data": args.gold, "method": key, "setting_all": result["setting_all"]})
-        Path(args.metrics_output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics_output).write_text(json.dumps(scores, indent=2) + "\n")
+        write_json(args.metrics_output, scores)
     return 0
 
 
