@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from tokner.textfile import write_json
+from tokner.utils.textfile import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "training" / "cnn" / "model-best"

@@ -29,7 +29,7 @@ def main() -> int:
     from spacy.tokens import DocBin
 
     from tokner.llm.retrieval import BM25Index, _top_k
-    from tokner.tags import sentence_token_lists
+    from tokner.answers.tags import sentence_token_lists
 
     vocab = spacy.blank("en").vocab
 

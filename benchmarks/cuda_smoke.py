@@ -135,7 +135,7 @@ def main() -> int:
     import torch
 
     import tokner  # noqa: F401
-    from tokner.tiny import make_tiny_bert, make_tiny_llama
+    from tokner.testing import make_tiny_bert, make_tiny_llama
 
     report = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "checks": {}}

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from tokner.textfile import write_json
+from tokner.utils.textfile import write_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -45,10 +45,10 @@ def main() -> int:
     from tqdm import tqdm
 
     import tokner.llm  # noqa: F401  (registers the task and models)
-    from tokner.evaluation import format_table
+    from tokner.scoring.evaluation import format_table
     from tokner.llm import summarise_alignment
-    from tokner.scorer import score_paper_ner
-    from tokner.tags import sentence_token_lists
+    from tokner.scoring.scorer import score_paper_ner
+    from tokner.answers.tags import sentence_token_lists
 
     from tokner.cli import parse_set_overrides
 
@@ -67,7 +67,7 @@ def main() -> int:
         nlp.to_disk(args.save_pipeline)
 
     gold = list(DocBin().from_disk(args.dev).get_docs(nlp.vocab))
-    from tokner.evaluation import parse_doc_slice
+    from tokner.scoring.evaluation import parse_doc_slice
 
     gold = gold[parse_doc_slice(args.docs)]
     docs, n_sents = [], 0

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, List, Set, Tuple
 
-from tokner.textfile import write_json
+from tokner.utils.textfile import write_json
 
 Lines = List[str]
 
@@ -95,8 +95,8 @@ def main() -> int:
 
     import tokner.llm  # noqa: F401
     from tokner.llm import summarise_alignment
-    from tokner.scorer import ALL_LABELS, score_paper_ner
-    from tokner.tags import doc_tags, sentence_token_lists
+    from tokner.scoring.scorer import ALL_LABELS, score_paper_ner
+    from tokner.answers.tags import doc_tags, sentence_token_lists
 
     vocab = spacy.blank("en").vocab
     gold = list(DocBin().from_disk(args.dev).get_docs(vocab))

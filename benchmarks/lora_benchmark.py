@@ -23,7 +23,7 @@ import spacy
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 
-from tokner.textfile import write_json
+from tokner.utils.textfile import write_json
 
 
 def rss_mb() -> float:
@@ -31,7 +31,7 @@ def rss_mb() -> float:
 
 
 def sentence_doc(vocab, words: Sequence[str], tags: Sequence[str]) -> Doc:
-    from tokner.tags import spans_from_tags
+    from tokner.answers.tags import spans_from_tags
 
     doc = Doc(vocab, words=list(words), sent_starts=[True] + [False] * (len(words) - 1))
     doc.ents = [Span(doc, s, e, label=l) for s, e, l in spans_from_tags(tags)]
@@ -39,7 +39,7 @@ def sentence_doc(vocab, words: Sequence[str], tags: Sequence[str]) -> Doc:
 
 
 def score(vocab, sents: List[Tuple[List[str], List[str]]], preds: List[List[str]]) -> dict:
-    from tokner.scorer import score_paper_ner
+    from tokner.scoring.scorer import score_paper_ner
 
     examples = [Example(sentence_doc(vocab, w, p), sentence_doc(vocab, w, g)) for (w, g), p in zip(sents, preds)]
     s = score_paper_ner(examples)
@@ -91,7 +91,7 @@ def main() -> None:
 
     import torch
 
-    from tokner.evaluation import load_gold_docs
+    from tokner.scoring.evaluation import load_gold_docs
     from tokner.lora.data import sentences_from_docs
 
     if args.threads:

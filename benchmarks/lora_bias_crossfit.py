@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tokner.textfile import write_json
+from tokner.utils.textfile import write_json
 
 
 def main(argv=None) -> int:
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep", help="keep the per-fold pipelines and predictions in this folder")
     args = p.parse_args(argv)
 
-    from tokner.evaluation import parse_doc_slice
+    from tokner.scoring.evaluation import parse_doc_slice
     from tokner.lora.bias import save_with_label_bias
 
     tuning = json.loads(Path(args.tuning).read_text())

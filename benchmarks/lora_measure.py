@@ -36,7 +36,7 @@ def main() -> None:
     from tokner.lora.data import bucketed_batches, collate, encode_example, read_docbin, sentences_from_docs
     from tokner.lora.modeling import attach_adapter, load_base_model, load_tokenizer, make_lora_config
     from tokner.lora.prompt import PromptCodec
-    from tokner.scorer import ALL_LABELS
+    from tokner.scoring.scorer import ALL_LABELS
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tokner.textfile import write_json
+from tokner.utils.textfile import write_json
 
 
 def main() -> int:
@@ -31,7 +31,7 @@ def main() -> int:
 
     import torch
 
-    from tokner.hardware import cpu_has_native_bf16
+    from tokner.utils.hardware import cpu_has_native_bf16
     from tokner.lora.train import train
 
     torch.set_num_threads(args.threads)

@@ -128,7 +128,7 @@ def dev_sentences(data: Path, n: int) -> List[str]:
     """The first `n` sentences (texts) of a BRAT folder, in file order."""
     import spacy
 
-    from tokner.brat import read_brat_docs
+    from tokner.corpus.brat import read_brat_docs
 
     docs, _ = read_brat_docs(Path(data), spacy.blank("en").vocab)
     out: List[str] = []

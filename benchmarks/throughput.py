@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from tokner.textfile import write_json
+from tokner.utils.textfile import write_json
 
 
 def _best_of(fn: Callable[[], None], repeats: int) -> float:
@@ -113,8 +113,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     import tokner  # noqa: F401  (registers the tokenizer, sentencizer and scorer)
-    from tokner.evaluation import load_gold_docs
-    from tokner.scorer import ALL_LABELS
+    from tokner.scoring.evaluation import load_gold_docs
+    from tokner.scoring.scorer import ALL_LABELS
 
     if args.gpu_id >= 0:
         spacy.require_gpu(args.gpu_id)

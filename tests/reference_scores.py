@@ -7,8 +7,8 @@ from typing import Optional, Tuple
 import spacy
 from spacy.tokens import DocBin
 
-from tokner.scorer import PAPER_LABELS
-from tokner.tags import doc_tags, sentence_token_lists
+from tokner.scoring.scorer import PAPER_LABELS
+from tokner.answers.tags import doc_tags, sentence_token_lists
 
 
 def seqeval_micro5(gold_path: Path, pred_path: Path,

@@ -1,12 +1,12 @@
-"""Canned answers for every case the aligner must survive (tokner.align)."""
+"""Canned answers for every case the aligner must survive (tokner.answers.align)."""
 from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokner.align import AlignStats, align_answer, parse_answer_lines, sum_stats
-from tokner.tags import is_valid_tag
+from tokner.answers.align import AlignStats, align_answer, parse_answer_lines, sum_stats
+from tokner.answers.tags import is_valid_tag
 
 LABELS = ["DISEASE", "RAREDISEASE", "SKINRAREDISEASE", "SIGN", "SYMPTOM"]
 WORDS = "Patients with Marfan syndrome often have joint pain and high blood pressure .".split()

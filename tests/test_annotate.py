@@ -18,7 +18,7 @@ from spacy.tokens import Doc, DocBin, SpanGroup
 
 from tokner.annotate import (AnnotateSummary, InputError, InputReader, OutputError, TextChangedError, annotate)
 from tokner.annotate.outputs import brat_fragments, brat_name
-from tokner.brat import iter_brat_dir
+from tokner.corpus.brat import iter_brat_dir
 from tokner.cli import main
 
 PATTERNS = [

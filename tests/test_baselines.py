@@ -15,11 +15,11 @@ import pytest
 import spacy
 from spacy.tokens import DocBin
 
-from tokner.brat import read_brat_docs
+from tokner.corpus.brat import read_brat_docs
 from tokner.cli import main as tokner_main
-from tokner.evaluation import evaluate_pipeline, load_gold_docs
-from tokner.scorer import ALL_LABELS, PAPER_LABELS
-from tokner.tokenizer import PaperTokenizer
+from tokner.scoring.evaluation import evaluate_pipeline, load_gold_docs
+from tokner.scoring.scorer import ALL_LABELS, PAPER_LABELS
+from tokner.text.tokenizer import PaperTokenizer
 from reference_scores import seqeval_micro5
 from tiny_models import make_tiny_bert, pick_brat
 
@@ -179,7 +179,7 @@ def test_static_vectors_from_an_encoder_feed_the_cnn(tiny_corpus, tmp_path):
     here); configs/cnn_vectors.cfg trains with them and the pipeline round-trips."""
     import numpy
 
-    from tokner.vectors import vocabulary
+    from tokner.corpus.vectors import vocabulary
 
     encoder = _tiny_bert(tmp_path / "tiny-bert", tiny_corpus)
     out = tmp_path / "assets" / "vectors"  # parent folders are created
@@ -211,7 +211,7 @@ def test_static_vectors_mix_in_context_means(tiny_corpus, tmp_path):
     them into its row; words only in the encoder's vocab keep their isolated vector."""
     import numpy
 
-    from tokner.vectors import build_static_vectors, vocabulary
+    from tokner.corpus.vectors import build_static_vectors, vocabulary
 
     encoder = _tiny_bert(tmp_path / "tiny-bert", tiny_corpus)
     train = [tiny_corpus["train"]]

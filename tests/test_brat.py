@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 from spacy.tokens import DocBin
 
-from tokner.brat import (
+from tokner.corpus.brat import (
     BratFormatError,
     entities_from_spans,
     iter_brat_dir,
     paper_tags,
     read_brat_docs,
 )
-from tokner.tokenizer import make_doc
+from tokner.text.tokenizer import make_doc
 
 
 def test_reproduces_the_papers_dev_csv_exactly(brat_dev, dev_csv, nlp):

@@ -8,8 +8,8 @@ from seqeval.metrics import f1_score
 from spacy.tokens import DocBin
 
 from tokner.cli import main
-from tokner.iob import read_iob_docs, write_iob_csv
-from tokner.paper_format import render_answer, render_blocks, split_blocks
+from tokner.corpus.iob import read_iob_docs, write_iob_csv
+from tokner.answers.paper_format import render_answer, render_blocks, split_blocks
 
 
 @pytest.fixture()
@@ -55,7 +55,7 @@ def test_brat_wins_over_csv(tiny_raredis, dev_csv, tmp_path):
 def test_score_outputs_round_trip_on_dev(dev_csv, tmp_path, capsys, nlp):
     """Answers generated from the dev gold score 1.0; perturbed answers score what seqeval says."""
     # the authors' block order: sentences grouped by Sentence_Num_Global
-    from tokner.evaluation import gold_sentence_groups
+    from tokner.scoring.evaluation import gold_sentence_groups
 
     groups = gold_sentence_groups(dev_csv, "paper")
     assert len(groups) == 894

@@ -8,7 +8,7 @@ import spacy
 from spacy.tokens import Doc, DocBin, Span
 
 from tokner.ensemble import consistent_labels, cross_fit, vote
-from tokner.scorer import PAPER_LABELS
+from tokner.scoring.scorer import PAPER_LABELS
 
 
 def test_vote_keeps_spans_that_reach_the_threshold_without_overlaps():
@@ -73,7 +73,7 @@ def test_cross_fit_chooses_on_the_other_fold():
     from spacy.training import Example
 
     from tokner.ensemble import _counts, _triples, f_scores
-    from tokner.scorer import score_paper_ner
+    from tokner.scoring.scorer import score_paper_ner
 
     for member in (noisy, half):
         fast = f_scores(_counts(gold, [_triples(d) for d in member], PAPER_LABELS))

@@ -1,7 +1,7 @@
 """dtype = "fastest": bf16 only where the CPU (or GPU) computes it natively."""
 import pytest
 
-from tokner.hardware import cpu_has_native_bf16, fastest_dtype
+from tokner.utils.hardware import cpu_has_native_bf16, fastest_dtype
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):

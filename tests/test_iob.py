@@ -1,8 +1,8 @@
 import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
-from tokner.iob import IOBFormatError, read_iob_docs, read_iob_rows, write_iob_csv
-from tokner.tags import sentence_tags
+from tokner.corpus.iob import IOBFormatError, read_iob_docs, read_iob_rows, write_iob_csv
+from tokner.answers.tags import sentence_tags
 
 
 def test_dev_csv_reader(dev_csv, nlp):

@@ -16,7 +16,7 @@ import tokner.llm  # noqa: E402,F401
 from tokner.llm import DenseIndex  # noqa: E402
 from tokner.llm.models import make_hf_causal_lm, make_openai_compatible  # noqa: E402
 from tokner.llm.task import make_token_ner_task  # noqa: E402
-from tokner.tags import is_valid_tag  # noqa: E402
+from tokner.answers.tags import is_valid_tag  # noqa: E402
 from tiny_models import MINILM, copy_tokenizer, make_tiny_llama  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def test_openai_compatible_base_url(monkeypatch):
 
 
 def test_tags_from_model_output_are_valid(tiny_llama):
-    from tokner.align import align_answer
+    from tokner.answers.align import align_answer
 
     model = make_hf_causal_lm(name=str(tiny_llama), max_new_tokens=30, num_threads=1)
     words = ["Marfan", "syndrome", "."]

@@ -25,7 +25,7 @@ import spacy  # noqa: E402
 import tokner.llm  # noqa: E402,F401
 from tokner.llm.models.openai import OpenAICompatibleError, make_openai_compatible  # noqa: E402
 from tokner.llm.task import make_token_ner_task  # noqa: E402
-from tokner.scorer import PAPER_LABELS  # noqa: E402
+from tokner.scoring.scorer import PAPER_LABELS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "TOKNER_TEST_KEY"

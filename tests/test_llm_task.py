@@ -16,8 +16,8 @@ from spacy.training import Example  # noqa: E402
 import tokner.llm  # noqa: E402,F401
 from tokner.llm import BM25Index, TokenPrompt, summarise_alignment  # noqa: E402
 from tokner.llm.retrieval import FixedExamples, KnowledgePassages, SimilarExamples  # noqa: E402
-from tokner.scorer import ALL_LABELS, score_paper_ner  # noqa: E402
-from tokner.tags import doc_tags, sentence_token_lists  # noqa: E402
+from tokner.scoring.scorer import ALL_LABELS, score_paper_ner  # noqa: E402
+from tokner.answers.tags import doc_tags, sentence_token_lists  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT / "corpus" / "dev.spacy"
@@ -179,7 +179,7 @@ def dev_docs(brat_dev):
     """The dev split as the corpus command builds it (from the DocBin when it exists)."""
     if DEV.exists():
         return list(DocBin().from_disk(DEV).get_docs(spacy.blank("en").vocab))
-    from tokner.brat import read_brat_docs
+    from tokner.corpus.brat import read_brat_docs
 
     return read_brat_docs(brat_dev, spacy.blank("en").vocab)[0]
 

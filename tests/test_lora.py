@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 import spacy  # noqa: E402
 from spacy.tokens import DocBin  # noqa: E402
 
-from tokner.tags import doc_tags  # noqa: E402
+from tokner.answers.tags import doc_tags  # noqa: E402
 from tiny_models import make_tiny_llama  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +131,7 @@ def test_resume_continues_from_last_checkpoint(trained, tmp_path):
 
 
 def test_free_generation_path_runs(trained):
-    pytest.importorskip("tokner.align")
+    pytest.importorskip("tokner.answers.align")
     out, _, _ = trained
     nlp = spacy.load(out / "model-best", config={"components": {"tokner_lora_ner": {"decoding": "free",
                                                                                     "max_new_tokens_factor": 0.5}}})

@@ -9,8 +9,8 @@ pytest.importorskip("transformers")
 from tokner.lora.bias import coordinate_search, fold_slices, replay, type_decisions  # noqa: E402
 from tokner.decoding.constrained import check_label_bias, constrained_decode  # noqa: E402
 from tokner.lora.prompt import PromptCodec  # noqa: E402
-from tokner.scorer import ALL_LABELS  # noqa: E402
-from tokner.tags import spans_from_tags  # noqa: E402
+from tokner.scoring.scorer import ALL_LABELS  # noqa: E402
+from tokner.answers.tags import spans_from_tags  # noqa: E402
 from test_lora_decoding import tiny_llama  # noqa: E402
 from test_lora_decoding import tokenizer  # noqa: E402,F401  (module fixture)
 

@@ -14,8 +14,8 @@ import spacy  # noqa: E402
 
 from tokner.decoding.constrained import chunk_width, constrained_decode  # noqa: E402
 from tokner.lora.prompt import PromptCodec, allowed_tags, bio_tags  # noqa: E402
-from tokner.scorer import ALL_LABELS  # noqa: E402
-from tokner.tags import doc_tags  # noqa: E402
+from tokner.scoring.scorer import ALL_LABELS  # noqa: E402
+from tokner.answers.tags import doc_tags  # noqa: E402
 from tiny_models import SMOL, copy_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_trie_needs_few_decisions(tokenizer):
 @pytest.mark.parametrize("input_format", ["lines", "text"])
 def test_prompt_formats_encode_the_rendered_prompt(tokenizer, instruction, input_format):
     from tokner.lora.prompt import INSTRUCTIONS, render_prompt, resolve_instruction
-    from tokner.paper_format import render_answer
+    from tokner.answers.paper_format import render_answer
 
     words, tags = ["Alport", "syndrome", "causes", "pain", "."], ["B-RAREDISEASE", "I-RAREDISEASE", "O", "B-SYMPTOM", "O"]
     codec = PromptCodec(tokenizer, ALL_LABELS, instruction, input_format)

@@ -27,8 +27,8 @@ SCRIPT = textwrap.dedent(f"""
     import spacy
     from spacy.tokens import Doc
     from spacy.training import Example
-    import tokner, tokner.cli, tokner.brat, tokner.iob, tokner.readers, tokner.evaluation, tokner.annotate
-    from tokner.scorer import score_paper_ner
+    import tokner, tokner.cli, tokner.corpus.brat, tokner.corpus.iob, tokner.corpus.readers, tokner.scoring.evaluation, tokner.annotate
+    from tokner.scoring.scorer import score_paper_ner
 
     nlp = spacy.blank("en", config={{"nlp": {{"tokenizer": {{"@tokenizers": "tokner.PaperTokenizer.v1"}}}}}})
     nlp.add_pipe("tokner_sentencizer")

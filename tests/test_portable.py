@@ -165,7 +165,7 @@ def test_save_base_model_handles_bin_weights_and_keeps_narrow_ones(build, tmp_pa
     from transformers import AutoModelForCausalLM
 
     from tokner.lora.modeling import is_local_model, save_base_model
-    from tokner.tiny import copy_tokenizer_files
+    from tokner.testing import copy_tokenizer_files
 
     assert not is_local_model("HuggingFaceTB/SmolLM2-135M-Instruct") and not is_local_model("gpt2")
     assert all(is_local_model(p) for p in (BASE_REL, "./model", "~/model", "/models/x", str(build["base"])))

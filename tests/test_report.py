@@ -5,7 +5,7 @@ import spacy
 from spacy.tokens import DocBin
 
 from tokner.cli import main
-from tokner.iob import read_iob_docs
+from tokner.corpus.iob import read_iob_docs
 
 
 @pytest.fixture()
@@ -76,7 +76,7 @@ def test_evaluate_in_slices_then_score_docs_equals_one_run(ruler_model):
 def test_token_confusion_counts_types_by_character_offsets():
     from spacy.tokens import Doc
 
-    from tokner.report import confusion_markdown, token_confusion
+    from tokner.scoring.report import confusion_markdown, token_confusion
 
     vocab = spacy.blank("en").vocab
     words = ["Epidermolysis", "bullosa", "causes", "skin", "blisters", "and", "pain", "."]
@@ -108,7 +108,7 @@ def test_compare_appends_confusion_tables(ruler_model):
     md = (d / "reports" / "comparison.md").read_text()
     assert "## Token confusion per method" in md and "**ruler (8 docs)**" in md
     # the ruler's wrong-typed pattern: gold "disorder" tokens that are not SYMPTOM but predicted SYMPTOM
-    from tokner.report import token_confusion
+    from tokner.scoring.report import token_confusion
 
     vocab = spacy.blank("en").vocab
     m = token_confusion(list(DocBin().from_disk(d / "dev.spacy").get_docs(vocab)),
@@ -130,7 +130,7 @@ def test_summary_table_goes_between_the_readme_markers(ruler_model):
     assert cells[6] == f"**{m['paper_avg_f']:.3f}**" and cells[7] == f"{m['paper_micro5_f']:.3f}"
     assert "*GPT-4 5-shot (Lu et al. 2024, test)*" in summary
     readme = d / "README.md"
-    from tokner.report import RESULTS_BEGIN, RESULTS_END
+    from tokner.scoring.report import RESULTS_BEGIN, RESULTS_END
 
     readme.write_text(f"# x\n\nbefore\n{RESULTS_BEGIN}\nold table\n{RESULTS_END}\nafter\n")
     (d / "t.json").write_text(json.dumps({"jobs": 2, "steps": [{"step": "a", "seconds": 61.0}, {"step": "b", "seconds": 1200.4}],

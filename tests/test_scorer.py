@@ -6,9 +6,9 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from spacy.tokens import Span
 from spacy.training import Example
 
-from tokner.iob import read_iob_docs
-from tokner.scorer import PAPER_LABELS, score_paper_ner
-from tokner.tags import doc_tags, sentence_tags, set_ents_from_tags
+from tokner.corpus.iob import read_iob_docs
+from tokner.scoring.scorer import PAPER_LABELS, score_paper_ner
+from tokner.answers.tags import doc_tags, sentence_tags, set_ents_from_tags
 
 LABELS = ["DISEASE", "RAREDISEASE", "SKINRAREDISEASE", "SIGN", "SYMPTOM", "ANAPHOR"]
 

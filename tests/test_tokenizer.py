@@ -1,6 +1,6 @@
 import spacy
 
-from tokner.tokenizer import PaperTokenizer, make_doc, paper_token_spans
+from tokner.text.tokenizer import PaperTokenizer, make_doc, paper_token_spans
 
 
 def words(text):

@@ -1,6 +1,6 @@
 """Tiny random models and corpus slices, built inside the tests (nothing is downloaded).
 
-The builders live in :mod:`tokner.tiny`; here they skip the test when the offline
+The builders live in :mod:`tokner.testing`; here they skip the test when the offline
 tokenizer files are missing. ``conftest.pytest_sessionstart`` materialises them under
 ``assets/models`` (SmolLM2's tokenizer, MiniLM's WordPiece vocab).
 """
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tokner import tiny
-from tokner.tiny import make_tiny_bert  # noqa: F401  (re-exported for the tests)
+from tokner import testing
+from tokner.testing import make_tiny_bert  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOL = ROOT / "assets" / "models" / "SmolLM2-135M-Instruct"
@@ -28,13 +28,13 @@ def _require_tokenizer(src: Path) -> None:
 def copy_tokenizer(src: Path, dest: Path) -> Path:
     """Copy a materialised model's tokenizer files to dest (skip the test when src is missing)."""
     _require_tokenizer(src)
-    return tiny.copy_tokenizer_files(src, dest)
+    return testing.copy_tokenizer_files(src, dest)
 
 
 def make_tiny_llama(dest: Path, **kwargs) -> Path:
-    """A random llama with SmolLM2's tokenizer (see :func:`tokner.tiny.make_tiny_llama`)."""
+    """A random llama with SmolLM2's tokenizer (see :func:`tokner.testing.make_tiny_llama`)."""
     _require_tokenizer(SMOL)
-    return tiny.make_tiny_llama(dest, SMOL, **kwargs)
+    return testing.make_tiny_llama(dest, SMOL, **kwargs)
 
 
 def pick_brat(brat_dir: Path, start: int, n: int, dest: Path) -> Path:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .textfile import write_json
+from tokner.utils.textfile import write_json
 
 
 def _json_or_str(value: str):
@@ -50,7 +50,7 @@ def parse_dotted_overrides(args: List[str]) -> dict:
 
 
 def _cmd_convert(args) -> int:
-    from .corpus import convert_corpus
+    from tokner.corpus.convert import convert_corpus
 
     report = convert_corpus(Path(args.raredis_dir), Path(args.output_dir), on_error=args.on_error)
     for split, stats in report.items():
@@ -64,7 +64,7 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_unpack(args) -> int:
-    from .corpus import unpack_assets
+    from tokner.corpus.convert import unpack_assets
 
     for split, path in unpack_assets(Path(args.download_dir), Path(args.raredis_dir), verify=not args.no_verify).items():
         print(f"{split}: {path}")
@@ -72,8 +72,8 @@ def _cmd_unpack(args) -> int:
 
 
 def _cmd_static_vectors(args) -> int:
-    """Distil static word vectors from an encoder (see tokner.vectors)."""
-    from .vectors import build_static_vectors
+    """Distil static word vectors from an encoder (see tokner.corpus.vectors)."""
+    from tokner.corpus.vectors import build_static_vectors
 
     info = build_static_vectors(args.encoder, args.output, args.words, use_encoder_vocab=not args.no_encoder_vocab,
                                 min_count=args.min_count, batch_size=args.batch_size,
@@ -101,7 +101,7 @@ def _cmd_export_texts(args) -> int:
 
 
 def _cmd_stats(args) -> int:
-    from .corpus import corpus_stats
+    from tokner.corpus.convert import corpus_stats
 
     out = {}
     for p in args.docbins:
@@ -120,7 +120,7 @@ def _cmd_stats(args) -> int:
 def _cmd_evaluate(args) -> int:
     import spacy
 
-    from .evaluation import evaluate_pipeline, format_table, load_gold_docs, parse_doc_slice
+    from tokner.scoring.evaluation import evaluate_pipeline, format_table, load_gold_docs, parse_doc_slice
 
     if args.gpu_id >= 0:
         spacy.require_gpu(args.gpu_id)
@@ -130,7 +130,7 @@ def _cmd_evaluate(args) -> int:
     except ValueError as e:
         raise SystemExit(f"--docs: {e}") from None
     nlp = spacy.load(args.model, config=overrides)
-    from .evaluation import entity_writers
+    from tokner.scoring.evaluation import entity_writers
 
     if not entity_writers(nlp):
         raise SystemExit(f"{args.model}: no component writes Doc.ents (pipeline: {', '.join(nlp.pipe_names) or 'empty'}); "
@@ -173,8 +173,8 @@ def _cmd_score_docs(args) -> int:
     from spacy.tokens import DocBin
     from spacy.training import Example
 
-    from .evaluation import format_table, load_gold_docs, parse_doc_slice
-    from .scorer import score_paper_ner
+    from tokner.scoring.evaluation import format_table, load_gold_docs, parse_doc_slice
+    from tokner.scoring.scorer import score_paper_ner
 
     try:
         docs = parse_doc_slice(args.docs)
@@ -211,7 +211,7 @@ def _load_aligned_predictions(gold_path: str, specs: List[str], nlp):
     """NAME=DOCBIN specs -> (gold docs, {name: predicted docs of the same texts})."""
     from spacy.tokens import DocBin
 
-    from .evaluation import load_gold_docs
+    from tokner.scoring.evaluation import load_gold_docs
 
     gold = load_gold_docs(Path(gold_path), nlp)
     members = {}
@@ -237,8 +237,8 @@ def _cmd_ensemble_search(args) -> int:
     from spacy.tokens import DocBin
     from spacy.training import Example
 
-    from .ensemble import apply_consistency, cross_fit, set_ents
-    from .scorer import PAPER_LABELS, score_paper_ner
+    from tokner.ensemble import apply_consistency, cross_fit, set_ents
+    from tokner.scoring.scorer import PAPER_LABELS, score_paper_ner
 
     nlp = spacy.blank("en")
     gold, members = _load_aligned_predictions(args.gold, args.members, nlp)
@@ -284,7 +284,7 @@ def _cmd_ensemble_search(args) -> int:
 
 
 def _cmd_score_outputs(args) -> int:
-    from .evaluation import format_table, score_answer_file
+    from tokner.scoring.evaluation import format_table, score_answer_file
 
     scores = score_answer_file(Path(args.answers), Path(args.gold_csv), align=args.align, grouping=args.grouping)
     print(format_table(scores))
@@ -299,9 +299,9 @@ def _cmd_write_outputs(args) -> int:
     """Write Docs' entities (a DocBin's gold, or a pipeline's predictions) as answers."""
     import spacy
 
-    from .evaluation import load_gold_docs
-    from .paper_format import render_answer, render_blocks
-    from .tags import doc_tags, sentence_token_lists
+    from tokner.scoring.evaluation import load_gold_docs
+    from tokner.answers.paper_format import render_answer, render_blocks
+    from tokner.answers.tags import doc_tags, sentence_token_lists
 
     nlp = spacy.load(args.model) if args.model else spacy.blank("en")
     docs = load_gold_docs(Path(args.data), nlp)
@@ -328,7 +328,7 @@ def _pairs(items: List[str]):
 
 
 def _cmd_compare(args) -> int:
-    from .report import compare
+    from tokner.scoring.report import compare
 
     res = compare(_pairs(args.metrics), Path(args.output_dir), gold=Path(args.gold) if args.gold else None,
                   docs_pairs=_pairs(args.docs), n_docs=args.n_docs, split=args.split)
@@ -339,7 +339,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_ensemble_build(args) -> int:
-    from .ensemble import build_ensemble
+    from tokner.ensemble import build_ensemble
 
     setting = json.loads(Path(args.search).read_text())["setting_all"]
     members = {}
@@ -362,7 +362,7 @@ def _cmd_ensemble_build(args) -> int:
 
 
 def _cmd_readme_results(args) -> int:
-    from .report import insert_results
+    from tokner.scoring.report import insert_results
 
     try:
         print(insert_results(Path(args.readme), Path(args.summary), args.run,
@@ -374,7 +374,7 @@ def _cmd_readme_results(args) -> int:
 
 def _cmd_annotate(args) -> int:
     """Run a pipeline over texts and write its entities (see docs/annotate.md)."""
-    from .annotate import InputError, OutputError, RayOptions, TextChangedError, annotate
+    from tokner.annotate import InputError, OutputError, RayOptions, TextChangedError, annotate
 
     ray_options = RayOptions(
         address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor,

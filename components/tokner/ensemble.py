@@ -32,7 +32,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.util import filter_spans
 
-from .pipes import StatelessComponent
+from tokner.text.pipes import StatelessComponent
 
 Triple = Tuple[int, int, str]
 
@@ -139,7 +139,7 @@ def apply_consistency(doc: Doc, groups: Optional[Sequence[Sequence[str]]] = DEFA
 def _counts(gold: Sequence[Doc], pred: Sequence[List[Triple]], labels: Sequence[str]) -> Dict[str, List[int]]:
     """tp/fp/fn per label over exact spans (the paper's strict match).
 
-    A counter beside :func:`tokner.scorer.score_paper_ner` because :func:`choose` scores
+    A counter beside :func:`tokner.scoring.scorer.score_paper_ner` because :func:`choose` scores
     thousands of settings: on 52 dev documents it takes 0.77 ms against the scorer's 24 ms
     (with Examples built), with the same micro-5 and Avg (tests/test_ensemble.py checks
     that they agree); the rows that get reported are scored by the scorer itself."""

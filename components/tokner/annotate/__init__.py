@@ -19,10 +19,10 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Set, Union
 
 from spacy.language import Language
 
-from .inputs import INPUT_FORMATS, DocId, InputError, InputReader, Record
-from .outputs import OUTPUT_FORMATS, OutputError, Writer, guess_output_format, make_writer
-from .pipeline import TextChangedError, load_pipeline
-from .ray_engine import RAY_MISSING, RayOptions
+from tokner.annotate.inputs import INPUT_FORMATS, DocId, InputError, InputReader, Record
+from tokner.annotate.outputs import OUTPUT_FORMATS, OutputError, Writer, guess_output_format, make_writer
+from tokner.annotate.pipeline import TextChangedError, load_pipeline
+from tokner.annotate.ray_engine import RAY_MISSING, RayOptions
 
 ENGINES = ("local", "ray")
 
@@ -124,7 +124,7 @@ def annotate(
             raise ValueError("--n-process and --gpu-id are local-engine options; with --engine ray use "
                              "--ray-actors, --ray-cpus-per-actor and --ray-gpus-per-actor")
         (ray_options or RayOptions()).validate()
-        from .ray_engine import import_ray
+        from tokner.annotate.ray_engine import import_ray
 
         import_ray()
     t0 = time.perf_counter()
@@ -143,14 +143,14 @@ def annotate(
         if output_format == "html":
             records = itertools.islice(records, html_limit)
         if engine == "local":
-            from .local import run_local
+            from tokner.annotate.local import run_local
 
             t_load = time.perf_counter()
             nlp = load_pipeline(model, gpu_id=gpu_id)
             startup = time.perf_counter() - t_load
             run_local(nlp, records, writer, batch_size=batch_size, n_process=n_process, progress=bar)
         else:
-            from .ray_engine import run_ray
+            from tokner.annotate.ray_engine import run_ray
 
             startup = run_ray(model, records, writer, options=ray_options, batch_size=batch_size, progress=bar)
     finally:

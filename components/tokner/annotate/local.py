@@ -5,9 +5,9 @@ from typing import Iterable, List
 
 from spacy.language import Language
 
-from .inputs import Record
-from .outputs import Annotated, Writer
-from .pipeline import annotate_records
+from tokner.annotate.inputs import Record
+from tokner.annotate.outputs import Annotated, Writer
+from tokner.annotate.pipeline import annotate_records
 
 
 def run_local(

@@ -42,7 +42,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Un
 
 from spacy.tokens import Doc
 
-from .inputs import DocId
+from tokner.annotate.inputs import DocId
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Deque, Iterable, Iterator, List, Tuple, Union
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from .inputs import DocId, InputError, Record
-from .outputs import Annotated, doc_record, record_line
+from tokner.annotate.inputs import DocId, InputError, Record
+from tokner.annotate.outputs import Annotated, doc_record, record_line
 
 
 class TextChangedError(RuntimeError):

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional
 
-from .inputs import InputError, Record
-from .outputs import Annotated, Writer
-from .pipeline import TextChangedError, annotate_records
+from tokner.annotate.inputs import InputError, Record
+from tokner.annotate.outputs import Annotated, Writer
+from tokner.annotate.pipeline import TextChangedError, annotate_records
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..paper_format import SEP
+from tokner.answers.paper_format import SEP
 
 
 def bio_tags(labels: Sequence[str]) -> List[str]:

@@ -21,7 +21,7 @@ per word, with its probability under the constrained distribution. ``label_bias`
 argmax, a prior correction for types the model under-predicts.
 
 Free generation (the paper's setting): greedy ``generate`` of the whole answer,
-parsed and aligned to the words by :func:`tokner.align.align_answer`.
+parsed and aligned to the words by :func:`tokner.answers.align.align_answer`.
 
 Both decoders keep their KV cache in a :class:`tokner.decoding.kvcache.GrowingCache`
 (appends copy only the new chunk); the constrained one also computes only the
@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from .codec import LabelCodec, TrieNode, allowed_tags
+from tokner.decoding.codec import LabelCodec, TrieNode, allowed_tags
 
 logger = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def constrained_decode_batch(model, codec: LabelCodec, sentences: Sequence[Seque
     """
     import torch
 
-    from .kvcache import GrowingCache
+    from tokner.decoding.kvcache import GrowingCache
 
     check_speculate(speculate)
     stats = DecodeStats(sentences=len(sentences), words=sum(len(s) for s in sentences))
@@ -574,7 +574,7 @@ def answer_token_budget(codec: LabelCodec, words: Sequence[str], factor: float =
 
 def free_generate(model, codec: LabelCodec, sentences: Sequence[Sequence[str]], batch_size: int = 8,
                   max_new_tokens_factor: float = 1.25, progress: bool = False):
-    """Greedy answers (strings), parsed by :func:`tokner.align.align_answer`.
+    """Greedy answers (strings), parsed by :func:`tokner.answers.align.align_answer`.
 
     Returns ([(tags, probs)], stats); ``probs`` are 1.0 (free generation keeps no
     label distribution) and ``stats.well_formed`` counts fully aligned answers.
@@ -582,8 +582,8 @@ def free_generate(model, codec: LabelCodec, sentences: Sequence[Sequence[str]], 
     import torch
     from tqdm import tqdm
 
-    from ..align import align_answer
-    from .kvcache import GrowingCache
+    from tokner.answers.align import align_answer
+    from tokner.decoding.kvcache import GrowingCache
 
     results: List[Optional[Tuple[List[str], List[float]]]] = [None] * len(sentences)
     answers: List[str] = [""] * len(sentences)

@@ -15,7 +15,7 @@ The same names are declared as entry points (``spacy_llm_tasks``,
 ``spacy_llm_models``, ``spacy_llm_misc``), so ``spacy.load`` resolves them after a
 plain ``pip install`` without importing tokner first.
 """
-from .task import (  # noqa: F401
+from tokner.llm.task import (  # noqa: F401
     DEFAULT_LABEL_DEFINITIONS,
     EXTENSION,
     TokenNERTask,
@@ -25,9 +25,9 @@ from .task import (  # noqa: F401
     read_template,
     summarise_alignment,
 )
-from .cache import ModelBatchCache  # noqa: F401
-from .models import HFCausalLM, OpenAICompatible, ReplayModel  # noqa: F401
-from .retrieval import (  # noqa: F401
+from tokner.llm.cache import ModelBatchCache  # noqa: F401
+from tokner.llm.models import HFCausalLM, OpenAICompatible, ReplayModel  # noqa: F401
+from tokner.llm.retrieval import (  # noqa: F401
     BM25Index,
     DenseIndex,
     FixedExamples,

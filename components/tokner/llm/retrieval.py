@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from spacy_llm.registry import registry
 
-from ..paper_format import render_answer, render_tokens, split_blocks
-from ..tags import doc_tags, restrict_tags, sentence_token_lists
-from ..vectors import mean_pool
+from tokner.answers.paper_format import render_answer, render_tokens, split_blocks
+from tokner.answers.tags import doc_tags, restrict_tags, sentence_token_lists
+from tokner.corpus.vectors import mean_pool
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The task asks for one label per token, as in Lu et al. (2024): the prompt lists 
 sentence (or, with ``unit = "doc"``, the whole Doc, sharded into runs of whole
 sentences of at most ``max_unit_words`` words) one token per line, and the
 model answers one ``token : label`` line per token. The answer is aligned back
-to the Doc's own tokens (:func:`tokner.align.align_answer`), so ``Doc.ents``
+to the Doc's own tokens (:func:`tokner.answers.align.align_answer`), so ``Doc.ents``
 always sit on exact token boundaries, whatever the model wrote.
 
 Like spacy-llm's built-in tasks, the pieces are swappable from the config: the
@@ -35,11 +35,11 @@ from spacy.training import Example
 
 from spacy_llm.registry import registry
 
-from ..align import AlignStats, align_answer, sum_stats
-from ..paper_format import render_tokens
-from ..scorer import PAPER_LABELS, score_paper_ner
-from ..tags import sentence_token_lists, set_ents_from_tags
-from .retrieval import render_demo
+from tokner.answers.align import AlignStats, align_answer, sum_stats
+from tokner.answers.paper_format import render_tokens
+from tokner.scoring.scorer import PAPER_LABELS, score_paper_ner
+from tokner.answers.tags import sentence_token_lists, set_ents_from_tags
+from tokner.llm.retrieval import render_demo
 
 logger = logging.getLogger(__name__)
 TEMPLATE_DIR = Path(__file__).parent / "templates"

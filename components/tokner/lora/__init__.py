@@ -3,4 +3,4 @@
 Importing this subpackage registers the factory; torch, transformers and peft are
 imported only when a model is loaded or trained (``pip install 'spacy-tokner[lora]'``).
 """
-from .component import LoraNER, make_lora_ner  # noqa: F401
+from tokner.lora.component import LoraNER, make_lora_ner  # noqa: F401

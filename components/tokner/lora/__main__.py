@@ -15,7 +15,7 @@ from typing import List, Optional
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..cli import parse_dotted_overrides
+    from tokner.cli import parse_dotted_overrides
 
     p = argparse.ArgumentParser(prog="python -m tokner.lora", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,7 +48,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             p.error(f"unrecognized arguments: {' '.join(extra)}")
         return tune_bias_command(args)
     overrides = parse_dotted_overrides(extra)
-    from .train import train
+    from tokner.lora.train import train
 
     summary = train(args.config, args.output, overrides, resume=args.resume, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=2, default=str))
@@ -61,8 +61,8 @@ def tune_bias_command(args) -> int:
     import spacy
     import srsly
 
-    from ..evaluation import load_gold_docs, parse_doc_slice
-    from .bias import save_with_label_bias, tune_label_bias
+    from tokner.scoring.evaluation import load_gold_docs, parse_doc_slice
+    from tokner.lora.bias import save_with_label_bias, tune_label_bias
 
     try:
         docs = parse_doc_slice(args.docs)

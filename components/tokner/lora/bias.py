@@ -98,7 +98,7 @@ def save_with_label_bias(model_path, label_bias: Dict[str, float], output_path, 
     import srsly
     from thinc.api import Config
 
-    from ..decoding.constrained import check_label_bias
+    from tokner.decoding.constrained import check_label_bias
 
     model_path, output_path = Path(model_path), Path(output_path)
     config = Config().from_disk(model_path / "config.cfg", interpolate=False)
@@ -156,11 +156,11 @@ def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str
     exact) and the replayed scores with the type offsets (estimates), and the number
     of type decisions each search saw.
     """
-    from ..scorer import PAPER_LABELS
-    from ..tags import sentence_words
-    from .component import LoraNER
-    from ..decoding.constrained import check_label_bias, constrained_decode
-    from .train import score_sentence_tags
+    from tokner.scoring.scorer import PAPER_LABELS
+    from tokner.answers.tags import sentence_words
+    from tokner.lora.component import LoraNER
+    from tokner.decoding.constrained import check_label_bias, constrained_decode
+    from tokner.lora.train import score_sentence_tags
 
     names = [n for n, p in nlp.pipeline if isinstance(p, LoraNER)] if pipe_name is None else [pipe_name]
     if len(names) != 1:

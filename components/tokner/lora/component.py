@@ -31,9 +31,9 @@ from spacy.language import Language
 from spacy.tokens import Doc, Span, SpanGroup
 from spacy.util import minibatch
 
-from ..scorer import ALL_LABELS
-from ..tags import sentence_words, spans_from_tags
-from ..decoding.constrained import check_call_cost, check_label_bias, check_speculate
+from tokner.scoring.scorer import ALL_LABELS
+from tokner.answers.tags import sentence_words, spans_from_tags
+from tokner.decoding.constrained import check_call_cost, check_label_bias, check_speculate
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class LoraNER:
     device, torch_dtype, load_in_4bit, torch_threads: how the model is loaded
         ("auto": CUDA when available; float32 on CPU, bf16/fp16 on CUDA; torch_dtype
         "fastest": bfloat16 where the device computes it natively, as detected by
-        :func:`tokner.hardware.fastest_dtype`, else "auto"'s choice).
+        :func:`tokner.utils.hardware.fastest_dtype`, else "auto"'s choice).
     bundle_base: "auto" (copy the base into the pipe's folder on ``to_disk`` when it
         is a local folder, not when it is a hub id), True (always, a hub model too) or
         False (never: the saved pipeline refers to ``base_model``, and ``from_disk``
@@ -102,7 +102,7 @@ class LoraNER:
         spans_key: Optional[str] = "lora",
         scorer: Optional[Callable] = None,
     ):
-        from .modeling import BUNDLE_DTYPES
+        from tokner.lora.modeling import BUNDLE_DTYPES
 
         if decoding not in DECODINGS:
             raise ValueError(f"[{name}] decoding must be one of {DECODINGS}, got {decoding!r}")
@@ -169,7 +169,7 @@ class LoraNER:
 
     def _checked_base_source(self) -> str:
         """``base_source``, or a FileNotFoundError that says how to point the pipe elsewhere."""
-        from .modeling import is_local_model
+        from tokner.lora.modeling import is_local_model
 
         source = self.base_source
         if self._bundled_base is None and is_local_model(source) and not Path(source).expanduser().exists():
@@ -183,7 +183,7 @@ class LoraNER:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from .modeling import load_tokenizer, require_lora_deps
+            from tokner.lora.modeling import load_tokenizer, require_lora_deps
 
             require_lora_deps()
             source = self._checked_base_source()
@@ -196,7 +196,7 @@ class LoraNER:
     @property
     def codec(self):
         if self._codec is None:
-            from .prompt import PromptCodec
+            from tokner.lora.prompt import PromptCodec
 
             self._codec = PromptCodec(self.tokenizer, self.labels, self.cfg["instruction"], self.cfg["input_format"])
         return self._codec
@@ -217,7 +217,7 @@ class LoraNER:
         return self._model
 
     def _load(self, adapter_dir) -> None:
-        from .modeling import adapter_state, attach_adapter, load_base_model, require_lora_deps
+        from tokner.lora.modeling import adapter_state, attach_adapter, load_base_model, require_lora_deps
 
         require_lora_deps()
         if self.cfg.get("torch_threads"):
@@ -239,14 +239,14 @@ class LoraNER:
             model = peft_model.merge_and_unload()
         model.eval()
         if self.cfg["grouped_attention"]:
-            from ..decoding.kvcache import use_grouped_attention
+            from tokner.decoding.kvcache import use_grouped_attention
 
             use_grouped_attention(model)
         self._model = model
 
     def set_adapter_from(self, peft_model) -> None:
         """Use a (trained) PeftModel in place: keep a copy of its adapter for ``to_disk``."""
-        from .modeling import adapter_state
+        from tokner.lora.modeling import adapter_state
 
         self._lora_config, self._adapter_state = adapter_state(peft_model)
         self._model = peft_model
@@ -263,7 +263,7 @@ class LoraNER:
 
     def predict_sentences(self, sentences: Sequence[Sequence[str]], progress: bool = False):
         """[(tags, probabilities)] for word lists; stats of the run in ``self.last_stats``."""
-        from ..decoding.constrained import constrained_decode, free_generate
+        from tokner.decoding.constrained import constrained_decode, free_generate
 
         if self.decoding == "constrained":
             out, stats = constrained_decode(self.lm, self.codec, sentences, self.cfg["batch_size"],
@@ -321,14 +321,14 @@ class LoraNER:
 
     def score(self, examples, **kwargs) -> Dict[str, Any]:
         if self.scorer is None:
-            from ..scorer import score_paper_ner
+            from tokner.scoring.scorer import score_paper_ner
 
             return score_paper_ner(examples, **kwargs)
         return self.scorer(examples, **kwargs)
 
     def _bundle_source(self) -> Optional[str]:
         """The base model ``to_disk`` copies into the pipe's folder, or None (``bundle_base``)."""
-        from .modeling import is_local_model
+        from tokner.lora.modeling import is_local_model
 
         mode = self.cfg["bundle_base"]
         if mode is False:
@@ -346,7 +346,7 @@ class LoraNER:
         return base if mode is True else None
 
     def _write_adapter(self, path: Path) -> None:
-        from .modeling import ADAPTER_CONFIG, ADAPTER_WEIGHTS, save_adapter
+        from tokner.lora.modeling import ADAPTER_CONFIG, ADAPTER_WEIGHTS, save_adapter
 
         if self._adapter_state is None and self.adapter is not None:
             src = Path(self.adapter)
@@ -358,7 +358,7 @@ class LoraNER:
         save_adapter(path, self._lora_config, self._adapter_state)
 
     def _write_base(self, dest: Path) -> None:
-        from .modeling import is_local_model, save_base_model
+        from tokner.lora.modeling import is_local_model, save_base_model
 
         source = self._bundle_source()
         if source is None:
@@ -402,7 +402,7 @@ class LoraNER:
 
         exclude: "base" (ignore the bundled base).
         """
-        from .modeling import ADAPTER_CONFIG
+        from tokner.lora.modeling import ADAPTER_CONFIG
 
         path = Path(path)
         # cfg.json (written by to_disk) is for people: the pipeline config, which spaCy

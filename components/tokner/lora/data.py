@@ -9,8 +9,8 @@ from typing import Iterable, List, Mapping, Sequence, Tuple
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..tags import doc_tags, sentence_token_lists, spans_from_tags
-from .prompt import PromptCodec, clean_tags
+from tokner.answers.tags import doc_tags, sentence_token_lists, spans_from_tags
+from tokner.lora.prompt import PromptCodec, clean_tags
 
 IGNORE = -100
 LOSS_ON = ("answer", "labels")

@@ -54,7 +54,7 @@ def resolve_dtype(dtype: str, device: str):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if dtype == "fastest":
-        from ..hardware import fastest_dtype
+        from tokner.utils.hardware import fastest_dtype
 
         dtype = fastest_dtype(device)
     try:

@@ -6,9 +6,9 @@ One prompt per sentence, in the paper's fine-tuning layout
     ### Instruction:
     {instruction}
     ### Input:
-    {tokens, one per line (tokner.paper_format.render_tokens)}
+    {tokens, one per line (tokner.answers.paper_format.render_tokens)}
     ### Output:
-    {token : label, one line per token (tokner.paper_format.render_answer)}<eos>
+    {token : label, one line per token (tokner.answers.paper_format.render_answer)}<eos>
 
 The answer is tokenized *piece by piece* -- ``"\\n" + word + " :"`` for each word and
 ``" " + label`` for its label -- both in training and in decoding, so the constrained
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Iterable, List, Optional, Sequence
 
-from ..decoding.codec import LabelCodec, TrieNode, allowed_tags, bio_tags  # noqa: F401  (re-exported)
-from ..paper_format import render_tokens
-from ..tags import restrict_tags
-from ..scorer import PAPER_LABELS
+from tokner.decoding.codec import LabelCodec, TrieNode, allowed_tags, bio_tags  # noqa: F401  (re-exported)
+from tokner.answers.paper_format import render_tokens
+from tokner.answers.tags import restrict_tags
+from tokner.scoring.scorer import PAPER_LABELS
 
 #: A one-line instruction: after tuning, the model no longer needs the definitions,
 #: and every prompt token costs training and decoding time on a CPU.
@@ -113,5 +113,5 @@ class PromptCodec(LabelCodec):
 
 
 def clean_tags(tags: Iterable[str], labels: Sequence[str]) -> List[str]:
-    """Gold tags restricted to ``labels`` (:func:`tokner.tags.restrict_tags`)."""
+    """Gold tags restricted to ``labels`` (:func:`tokner.answers.tags.restrict_tags`)."""
     return restrict_tags(list(tags), labels)

@@ -67,7 +67,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "torch_threads": 0,
     # "float32"; "bfloat16": forward and backward under torch.autocast in bf16 (adapter
     # weights and optimizer state stay float32); "fastest": bfloat16 where the device
-    # computes it natively (tokner.hardware), else float32
+    # computes it natively (tokner.utils.hardware), else float32
     "autocast": "float32",
 }
 
@@ -83,7 +83,7 @@ def autocast_context(setting: str, device):
     if setting not in AUTOCAST:
         raise ValueError(f"[lora] autocast must be one of {', '.join(AUTOCAST)}, got {setting!r}")
     if setting == "fastest":
-        from ..hardware import fastest_dtype
+        from tokner.utils.hardware import fastest_dtype
 
         setting = "bfloat16" if fastest_dtype(str(device)) == "bfloat16" else "float32"
     if setting == "float32":
@@ -112,7 +112,7 @@ def set_seed(seed: int) -> None:
 
 
 def find_lora_pipe(nlp: Language):
-    from .component import LoraNER
+    from tokner.lora.component import LoraNER
 
     for name, proc in nlp.pipeline:
         if isinstance(proc, LoraNER):
@@ -144,11 +144,11 @@ def score_sentence_tags(gold_docs: Sequence[Doc], index: Sequence[Sequence[Seque
     """Paper scores of per-sentence tags against gold docs.
 
     ``index[d]`` lists doc ``d``'s sentences as token indices
-    (:func:`tokner.tags.sentence_token_lists`); ``sentence_tags`` holds one tag list per
+    (:func:`tokner.answers.tags.sentence_token_lists`); ``sentence_tags`` holds one tag list per
     sentence, in doc then sentence order. Tokens outside those sentences count as ``O``.
     """
-    from ..scorer import score_paper_ner
-    from ..tags import spans_from_tags
+    from tokner.scoring.scorer import score_paper_ner
+    from tokner.answers.tags import spans_from_tags
 
     it = iter(sentence_tags)
     examples = []
@@ -168,8 +168,8 @@ def score_sentence_tags(gold_docs: Sequence[Doc], index: Sequence[Sequence[Seque
 def evaluate_adapter(model, codec, gold_docs: Sequence[Doc], batch_size: int, bio: bool = True,
                      progress: bool = False) -> Dict[str, Any]:
     """Paper scores of constrained decoding on gold docs (their own tokens and sentences)."""
-    from ..tags import sentence_words
-    from ..decoding.constrained import constrained_decode
+    from tokner.answers.tags import sentence_words
+    from tokner.decoding.constrained import constrained_decode
 
     was_training = model.training
     model.eval()
@@ -207,9 +207,9 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
     from peft import set_peft_model_state_dict
     from tqdm import tqdm
 
-    from ..evaluation import load_gold_docs
-    from .data import bucketed_batches, collate, encode_example, oversample_indices, read_docbin, sentences_from_docs
-    from .modeling import (adapter_state, attach_adapter, load_base_model, make_lora_config, require_lora_deps,
+    from tokner.scoring.evaluation import load_gold_docs
+    from tokner.lora.data import bucketed_batches, collate, encode_example, oversample_indices, read_docbin, sentences_from_docs
+    from tokner.lora.modeling import (adapter_state, attach_adapter, load_base_model, make_lora_config, require_lora_deps,
                            save_adapter)
 
     require_lora_deps()

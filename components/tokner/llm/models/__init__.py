@@ -5,6 +5,6 @@ module per provider (as spacy-llm does):
 * :mod:`.replay`: ``tokner.ReplayModel.v1``, recorded answers (e.g. the paper's GPT-4 outputs);
 * :mod:`.openai`: ``tokner.OpenAICompatible.v1``, any OpenAI-compatible server.
 """
-from .hf import HFCausalLM, make_hf_causal_lm  # noqa: F401
-from .openai import OpenAICompatible, make_openai_compatible  # noqa: F401
-from .replay import ReplayModel, make_replay_model, read_responses  # noqa: F401
+from tokner.llm.models.hf import HFCausalLM, make_hf_causal_lm  # noqa: F401
+from tokner.llm.models.openai import OpenAICompatible, make_openai_compatible  # noqa: F401
+from tokner.llm.models.replay import ReplayModel, make_replay_model, read_responses  # noqa: F401

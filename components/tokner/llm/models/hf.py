@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from spacy_llm.registry import registry
 
-from ._common import _flatten, _unflatten
+from tokner.llm.models._common import _flatten, _unflatten
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class HFCausalLM:
         share_head: bool = True,
         grouped_attention: bool = True,
     ):
-        from ...decoding.constrained import check_call_cost, check_speculate
+        from tokner.decoding.constrained import check_call_cost, check_speculate
 
         if decoding not in DECODINGS:
             raise ValueError(f"tokner.HFCausalLM.v1: decoding must be one of {DECODINGS}, got {decoding!r}")
@@ -177,7 +177,7 @@ class HFCausalLM:
             ) from e
         model.to(self.device).eval()
         if self.grouped_attention:
-            from ...decoding.kvcache import use_grouped_attention
+            from tokner.decoding.kvcache import use_grouped_attention
 
             use_grouped_attention(model)
         tok = self._tokenizer
@@ -222,7 +222,7 @@ class HFCausalLM:
             return self._dtype
         import torch
 
-        from ...hardware import fastest_dtype
+        from tokner.utils.hardware import fastest_dtype
 
         return fastest_dtype(self._device_cfg or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -268,7 +268,7 @@ class HFCausalLM:
     # --- decoding -----------------------------------------------------------------
 
     def codec(self, labels: Sequence[str]):
-        from ...decoding.codec import LabelCodec
+        from tokner.decoding.codec import LabelCodec
 
         key = tuple(labels)
         if key not in self._codecs:
@@ -277,9 +277,9 @@ class HFCausalLM:
 
     def constrained(self, prompts: Sequence[str]) -> List[str]:
         """Answers written by the constrained decoder (one line per word, a valid label each)."""
-        from ...decoding.constrained import constrained_decode
-        from ...paper_format import render_answer
-        from ...scorer import PAPER_LABELS
+        from tokner.decoding.constrained import constrained_decode
+        from tokner.answers.paper_format import render_answer
+        from tokner.scoring.scorer import PAPER_LABELS
 
         out: List[str] = [""] * len(prompts)
         groups: Dict[Tuple[str, ...], List[int]] = {}
@@ -443,7 +443,7 @@ def make_hf_causal_lm(
     device: "cpu", "cuda", "cuda:1"... (None: cuda when available).
     dtype: "auto" (the checkpoint's dtype), "fastest" (bfloat16 where the device computes
         it natively: a GPU with bf16, a CPU with AMX-BF16 or AVX512-BF16; else float32 on
-        a CPU, float16 on a GPU; see ``tokner.hardware``) or a torch dtype name.
+        a CPU, float16 on a GPU; see ``tokner.utils.hardware``) or a torch dtype name.
     config_init / config_run: extra kwargs for ``from_pretrained`` / ``generate``
         (greedy unless ``config_run`` sets ``do_sample``; free only).
     progress: progress bar per batch.

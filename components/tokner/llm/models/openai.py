@@ -45,8 +45,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from spacy_llm.registry import registry
 
-from ...scorer import PAPER_LABELS
-from ._common import _flatten, _unflatten
+from tokner.scoring.scorer import PAPER_LABELS
+from tokner.llm.models._common import _flatten, _unflatten
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import srsly
 
 from spacy_llm.registry import registry
 
-from ...align import normalise_token, parse_answer_lines
-from ...textfile import NotUTF8, read_utf8
-from ...paper_format import split_blocks
-from ...tokenizer import paper_token_spans
+from tokner.answers.align import normalise_token, parse_answer_lines
+from tokner.utils.textfile import NotUTF8, read_utf8
+from tokner.answers.paper_format import split_blocks
+from tokner.text.tokenizer import paper_token_spans
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .scorer import PAPER_LABELS
+from tokner.scoring.scorer import PAPER_LABELS
 
 # Lu et al. (2024), test split, mean F1 over the five types (the only figures quoted here).
 PUBLISHED = [

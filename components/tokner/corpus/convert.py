@@ -15,8 +15,8 @@ from typing import Dict, Optional, Tuple
 import spacy
 from spacy.tokens import DocBin
 
-from .brat import SPANS_KEY, read_brat_docs
-from .iob import read_iob_docs
+from tokner.corpus.brat import SPANS_KEY, read_brat_docs
+from tokner.corpus.iob import read_iob_docs
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")

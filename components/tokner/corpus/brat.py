@@ -15,7 +15,7 @@ Policy (see README "Corpus policy"):
 * Entity boundaries inside a token are fixed by splitting the token there (never by
   moving the span). Boundaries that fall inside whitespace cannot be fixed that way:
   they are counted as ``unaligned_fragments`` and logged, never silently dropped.
-* Sentences follow the paper's rule (``tokner.tokenizer.paper_sent_starts``).
+* Sentences follow the paper's rule (``tokner.text.tokenizer.paper_sent_starts``).
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab
 
-from .textfile import NotUTF8, read_utf8
-from .tags import spans_from_tags
-from .tokenizer import make_doc
+from tokner.utils.textfile import NotUTF8, read_utf8
+from tokner.answers.tags import spans_from_tags
+from tokner.text.tokenizer import make_doc
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from .pipes import StatelessComponent
-from .tokenizer import paper_sent_starts
+from tokner.text.pipes import StatelessComponent
+from tokner.text.tokenizer import paper_sent_starts
 
 
 class PaperSentencizer(StatelessComponent):

@@ -18,8 +18,8 @@ from typing import Iterable, List, Sequence, Tuple
 from spacy.tokens import Doc, Span
 from spacy.vocab import Vocab
 
-from .textfile import NotUTF8, read_utf8
-from .tags import doc_tags, is_valid_tag, sentence_token_lists, spans_from_tags
+from tokner.utils.textfile import NotUTF8, read_utf8
+from tokner.answers.tags import doc_tags, is_valid_tag, sentence_token_lists, spans_from_tags
 
 COLUMNS = ("Token", "Tag", "Sentence_Num", "Sentence_Num_Global", "File")
 

@@ -3,7 +3,7 @@
 A prompt lists the input one token per line; an answer is one ``token : label`` line
 per token; files of answers (the authors' published outputs) separate sentences by
 lines of ``######``. This module renders and splits that format. Aligning an answer
-to the Doc's tokens robustly lives in :mod:`tokner.align`; the paper's own position-
+to the Doc's tokens robustly lives in :mod:`tokner.answers.align`; the paper's own position-
 based reading (``rd_ner_eval.py``) is :func:`paper_position_tags`.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def paper_position_tags(block: str, n_tokens: int) -> List[str]:
     the i-th non-empty line gives the i-th token's tag (text after ``': '``, brackets
     removed; a line without exactly one ``': '`` counts as ``O``); missing lines are
     ``O`` and extra lines are ignored. Kept for re-scoring published files the way
-    the paper did; new components use :func:`tokner.align.align_answer`."""
+    the paper did; new components use :func:`tokner.answers.align.align_answer`."""
     tags: List[str] = []
     for line in block.strip().split("\n"):
         if not line:

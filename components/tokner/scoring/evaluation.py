@@ -12,21 +12,21 @@ from spacy.tokens import Doc, DocBin, Span
 from spacy.training import Example
 from tqdm import tqdm
 
-from .iob import read_iob_rows
-from .paper_format import paper_position_tags, split_blocks
-from .scorer import PAPER_LABELS, paper_prf, score_paper_ner
-from .tags import is_valid_tag, spans_from_tags
+from tokner.corpus.iob import read_iob_rows
+from tokner.answers.paper_format import paper_position_tags, split_blocks
+from tokner.scoring.scorer import PAPER_LABELS, paper_prf, score_paper_ner
+from tokner.answers.tags import is_valid_tag, spans_from_tags
 
 
 def load_gold_docs(path: Path, nlp: Language) -> List[Doc]:
     """Gold Docs from a DocBin (``.spacy``), a BRAT folder or an IOB CSV."""
     path = Path(path)
     if path.is_dir():
-        from .brat import read_brat_docs
+        from tokner.corpus.brat import read_brat_docs
 
         return read_brat_docs(path, nlp.vocab)[0]
     if path.suffix == ".csv":
-        from .iob import read_iob_docs
+        from tokner.corpus.iob import read_iob_docs
 
         return read_iob_docs(path, nlp.vocab)[0]
     if not path.exists():
@@ -144,7 +144,7 @@ def score_answer_file(
             pred_tags = paper_position_tags(block, len(words))
             full = True
         elif align == "tokens":
-            from .align import align_answer
+            from tokner.answers.align import align_answer
 
             pred_tags, stats = align_answer(words, block)
             full = stats.fully_aligned

@@ -1,4 +1,8 @@
-"""Tiny random models (nothing downloaded), for the tests and ``benchmarks/cuda_smoke.py``.
+"""Testing utilities (public): tiny random models, nothing downloaded.
+
+Used by this package's tests and ``benchmarks/cuda_smoke.py``, and usable in your own
+tests of a pipeline that holds a transformer or LoRA pipe: ``make_tiny_bert`` and
+``make_tiny_llama`` write a model folder with random weights in seconds.
 
 The tokenizers come from a materialised offline model folder (SmolLM2's tokenizer
 files for the llama; a WordPiece vocab built from the given words for the BERT).

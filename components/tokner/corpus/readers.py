@@ -13,8 +13,8 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.training import Example
 
-from .brat import read_brat_docs
-from .iob import read_iob_docs
+from tokner.corpus.brat import read_brat_docs
+from tokner.corpus.iob import read_iob_docs
 
 
 def _example(nlp: Language, ref: Doc) -> Example:
