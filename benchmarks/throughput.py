@@ -18,6 +18,12 @@ on a shared CPU, compare numbers from the same run only.
     python benchmarks/throughput.py --cnn training/cnn/model-best \
         --bert training/bert/model-best --data corpus/dev.spacy \
         --output metrics/throughput.json
+
+``--set KEY=VALUE`` overrides the transformer pipeline's config at load time, e.g. windows
+counted in wordpieces (the reference then uses the same window and overlap)::
+
+    --set components.transformer.model.@architectures=tokner.TransformerModel.v1 \
+    --set components.transformer.model.get_spans.@span_getters=tokner.wordpiece_spans.v1
 """
 from __future__ import annotations
 
@@ -105,6 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="only the first N documents")
     p.add_argument("--gpu-id", type=int, default=-1)
     p.add_argument("--no-reference", action="store_true", help="skip the transformers.pipeline reference")
+    p.add_argument("--set", action="append", help="config override for the --bert pipeline (KEY=VALUE, repeatable)")
     args = p.parse_args(argv)
     if not (args.cnn or args.bert):
         p.error("give --cnn and/or --bert")
@@ -113,6 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     import tokner  # noqa: F401  (registers the tokenizer, sentencizer and scorer)
+    from tokner.cli import parse_set_overrides
     from tokner.scoring.evaluation import load_gold_docs
     from tokner.scoring.scorer import ALL_LABELS
 
@@ -136,8 +144,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         if not Path(path).exists():
             raise SystemExit(f"{name} pipeline not found: {path}")
-        nlp = spacy.load(path)
-        entry = {"path": str(path), "pipeline": nlp.pipe_names,
+        overrides = parse_set_overrides(args.set) if name == "bert" else {}
+        nlp = spacy.load(path, config=overrides)
+        entry = {"path": str(path), "pipeline": nlp.pipe_names, "overrides": overrides,
                  "spacy": time_spacy(nlp, texts, n_words, args.batch_size, args.repeats, name)}
         print(f"{name:<5} spaCy nlp.pipe          {entry['spacy']['words_per_second']:>10,.0f} words/s "
               f"({entry['spacy']['seconds']:.1f} s)")

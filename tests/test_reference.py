@@ -12,8 +12,9 @@ ENTRIES = entry_points(ROOT / "setup.cfg")
 def test_entry_points_are_all_listed():
     names = {name for _, name, _ in ENTRIES}
     assert {"tokner_lora_ner", "tokner.TokenNER.v1", "tokner.HFCausalLM.v1", "tokner.OpenAICompatible.v1",
-            "tokner.BatchCache.v1", "tokner.paper_ner_scorer.v1", "tokner.BratCorpus.v1"} <= names
-    assert len(names) == 19
+            "tokner.BatchCache.v1", "tokner.paper_ner_scorer.v1", "tokner.BratCorpus.v1",
+            "tokner.TransformerModel.v1", "tokner.wordpiece_spans.v1"} <= names
+    assert len(names) == 21
 
 
 @pytest.mark.parametrize("group,name,target", ENTRIES, ids=[n for _, n, _ in ENTRIES])

@@ -1,0 +1,128 @@
+"""Windows of at most N *wordpieces* for spacy-transformers, instead of N spaCy tokens.
+
+spacy-transformers' ``strided_spans.v1`` cuts each document into windows of ``window``
+spaCy tokens, and a batch is padded to its longest window in wordpieces. On RareDis with
+MiniLM, 128-token windows hold 120 wordpieces on average but up to 181 (chemical names and
+Latin split into many pieces), so the dev split's 201 windows carry 24,228 real wordpieces
+padded to about 36,400 positions, and most of the MiniLM pipeline's time is the encoder's
+forward pass over that padding (docs/methods.md, "Supervised baselines"). Hugging Face's
+token-classification pipeline cuts windows in wordpieces instead. This getter does the
+same over spaCy tokens: each span is the longest run of whole tokens whose wordpieces
+(plus the tokenizer's special tokens) fit ``window``, and the next span starts at the
+first token at least ``stride`` wordpieces later, so consecutive spans overlap by about
+``window - stride`` wordpieces. The counts come from one call of the model's own (fast)
+tokenizer per batch over the documents' texts, each wordpiece assigned to the spaCy token
+its first character falls in.
+
+For WordPiece (BERT-style) tokenizers a span's own tokenisation has exactly these pieces;
+a byte-level BPE tokenizer may give a span's first word one piece more, which only adds
+one position of padding.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence
+
+import numpy
+from spacy.tokens import Doc, Span
+from spacy_transformers.architectures import create_TransformerModel_v3
+from spacy_transformers.util import registry as trf_registry
+from spacy.util import registry
+
+
+class WordpieceSpans:
+    """A span getter: windows of at most ``window`` wordpieces (special tokens included),
+    starting every ``stride`` wordpieces. Needs the transformer's tokenizer, which
+    ``tokner.TransformerModel.v1`` hands it (:meth:`bind`)."""
+
+    def __init__(self, window: int = 128, stride: int = 112):
+        if window < 3:
+            raise ValueError(f"tokner.wordpiece_spans.v1: window must be at least 3 wordpieces, got {window}")
+        if not 0 < stride <= window:
+            raise ValueError(f"tokner.wordpiece_spans.v1: stride must be in 1..window ({window}), got {stride}")
+        self.window = window
+        self.stride = stride
+        self._model = None
+
+    def bind(self, model) -> None:
+        """Use ``model.tokenizer`` (a spacy-transformers ``TransformerModel``) to count wordpieces."""
+        self._model = model
+
+    @property
+    def tokenizer(self):
+        tokenizer = getattr(self._model, "tokenizer", None) if self._model is not None else None
+        if tokenizer is None:
+            raise ValueError(
+                "tokner.wordpiece_spans.v1 counts wordpieces with the transformer's tokenizer: use it under "
+                '@architectures = "tokner.TransformerModel.v1" (not spacy-transformers.TransformerModel.v3), '
+                "and initialize or load the pipeline before calling it"
+            )
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("tokner.wordpiece_spans.v1 needs a fast tokenizer (tokenizer_config use_fast = true): "
+                             "it reads the wordpieces' character offsets")
+        return tokenizer
+
+    def wordpiece_counts(self, docs: Sequence[Doc]) -> List[numpy.ndarray]:
+        """Per document, the number of wordpieces of each spaCy token (0 for whitespace)."""
+        if not docs:
+            return []
+        encoded = self.tokenizer([doc.text for doc in docs], add_special_tokens=False,
+                                 return_offsets_mapping=True, return_attention_mask=False)
+        counts = []
+        for doc, offsets in zip(docs, encoded["offset_mapping"]):
+            starts = numpy.asarray([t.idx for t in doc], dtype=numpy.int64)
+            pieces = numpy.asarray([s for s, e in offsets if e > s], dtype=numpy.int64)
+            token_of_piece = numpy.searchsorted(starts, pieces, side="right") - 1
+            counts.append(numpy.bincount(token_of_piece[token_of_piece >= 0], minlength=len(doc)))
+        return counts
+
+    def windows(self, counts: numpy.ndarray) -> List[tuple]:
+        """(start, end) token windows for one document's per-token wordpiece counts."""
+        n = len(counts)
+        budget = self.window - self.tokenizer.num_special_tokens_to_add(pair=False)
+        cum = numpy.concatenate([[0], numpy.cumsum(counts)])
+        out = []
+        start = 0
+        while start < n:
+            end = int(numpy.searchsorted(cum, cum[start] + budget, side="right")) - 1
+            end = min(max(end, start + 1), n)  # a single token longer than the budget stays whole
+            out.append((start, end))
+            if end >= n:
+                break
+            nxt = int(numpy.searchsorted(cum, cum[start] + self.stride, side="left"))
+            start = min(max(nxt, start + 1), end)
+        return out
+
+    def __call__(self, docs: Sequence[Doc]) -> List[List[Span]]:
+        docs = list(docs)
+        return [[doc[s:e] for s, e in self.windows(c)] for doc, c in zip(docs, self.wordpiece_counts(docs))]
+
+
+@trf_registry.span_getters("tokner.wordpiece_spans.v1")
+def make_wordpiece_spans(window: int = 128, stride: int = 112) -> WordpieceSpans:
+    """Windows of at most ``window`` wordpieces (the tokenizer's special tokens included)
+    over whole spaCy tokens, one starting every ``stride`` wordpieces. Use it under
+    ``tokner.TransformerModel.v1``, which gives it the transformer's tokenizer."""
+    return WordpieceSpans(window=window, stride=stride)
+
+
+@registry.architectures("tokner.TransformerModel.v1")
+def make_transformer_model(name: str, get_spans: Callable, tokenizer_config: Dict = {},
+                           transformer_config: Dict = {}, mixed_precision: bool = False,
+                           grad_scaler_config: Dict = {}):
+    """spacy-transformers' ``TransformerModel.v3`` (same arguments, same weights on disk),
+    which also hands itself to a span getter that needs its tokenizer (one with a
+    ``bind`` method, such as ``tokner.wordpiece_spans.v1``). A pipeline trained with
+    ``TransformerModel.v3`` loads under this architecture unchanged.
+
+    name: the Hugging Face model (hub name or local folder) the encoder starts from.
+    get_spans: the span getter (``tokner.wordpiece_spans.v1``, or any spacy-transformers one).
+    tokenizer_config: keyword arguments for ``AutoTokenizer.from_pretrained`` (``use_fast = true``).
+    transformer_config: keyword arguments for the encoder's config.
+    mixed_precision: autocast the encoder to half precision (spacy-transformers: CUDA only).
+    grad_scaler_config: the gradient scaler's settings under mixed_precision.
+    """
+    model = create_TransformerModel_v3(name, get_spans, tokenizer_config, transformer_config,
+                                       mixed_precision, grad_scaler_config)
+    if hasattr(get_spans, "bind"):
+        get_spans.bind(model)
+    return model

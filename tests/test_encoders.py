@@ -1,0 +1,122 @@
+"""tokner.wordpiece_spans.v1 under tokner.TransformerModel.v1: windows counted in the
+transformer's own wordpieces, in a pipeline that trains, predicts and round-trips."""
+from __future__ import annotations
+
+import pytest
+import spacy
+from spacy.tokens import DocBin
+
+pytest.importorskip("spacy_transformers")
+
+from tokner.encoders.spans import WordpieceSpans  # noqa: E402
+from tiny_models import make_tiny_bert  # noqa: E402
+from test_baselines import BERT_CFG, _ents, _train, tiny_corpus  # noqa: E402,F401
+
+
+class _Bound:
+    """Stands in for a TransformerModel: only its ``tokenizer`` is read."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    # "aa" and "bb" are whole words of the vocab; any other word splits into one piece per character
+    folder = make_tiny_bert(tmp_path_factory.mktemp("wp-bert"), ["aa", "bb"] * 5 + list("xyz"))
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _getter(tokenizer, window, stride):
+    getter = WordpieceSpans(window=window, stride=stride)
+    getter.bind(_Bound(tokenizer))
+    return getter
+
+
+def test_counts_and_windows_on_known_wordpieces(tokenizer):
+    nlp = spacy.blank("en")
+    doc = nlp("aa xyz aa bb xyz")
+    assert [list(c) for c in _getter(tokenizer, 6, 2).wordpiece_counts([doc])] == [[1, 3, 1, 1, 3]]
+    # window 6 = 4 wordpieces + [CLS] and [SEP]; the next window starts >= 2 wordpieces later
+    spans = _getter(tokenizer, 6, 2)([doc])[0]
+    assert [(s.start, s.end, s.start_char, s.end_char) for s in spans] == [(0, 2, 0, 6), (2, 4, 7, 12), (4, 5, 13, 16)]
+    for span in spans:
+        assert len(tokenizer(span.text)["input_ids"]) <= 6
+    # stride == window: the windows tile the document without overlap
+    tiled = _getter(tokenizer, 6, 6)([doc])[0]
+    assert [(s.start, s.end) for s in tiled] == [(0, 2), (2, 4), (4, 5)]
+    # a wide window holds the whole document
+    assert [(s.start, s.end) for s in _getter(tokenizer, 64, 56)([doc])[0]] == [(0, 5)]
+
+
+def test_a_token_longer_than_the_window_stays_whole_and_empty_docs_get_no_spans(tokenizer):
+    nlp = spacy.blank("en")
+    doc = nlp("xyzxyzxyz aa")
+    assert [(s.start, s.end) for s in _getter(tokenizer, 6, 4)([doc])[0]] == [(0, 1), (1, 2)]
+    assert _getter(tokenizer, 6, 4)([nlp("")]) == [[]]
+    assert _getter(tokenizer, 6, 4)([]) == []
+
+
+def test_bad_settings_and_a_missing_tokenizer_are_clear_errors():
+    with pytest.raises(ValueError, match="stride must be in 1..window"):
+        WordpieceSpans(window=16, stride=20)
+    with pytest.raises(ValueError, match="tokner.TransformerModel.v1"):
+        WordpieceSpans(window=16, stride=8)([spacy.blank("en")("aa")])
+
+
+def test_the_pipeline_trains_predicts_and_round_trips_with_wordpiece_windows(tiny_corpus, tmp_path):
+    words = [t.text for split in ("train", "dev") for d in DocBin().from_disk(tiny_corpus[split]).get_docs(spacy.blank("en").vocab)
+             for t in d]
+    encoder = make_tiny_bert(tmp_path / "tiny-bert", words)
+    best = _train(BERT_CFG, tmp_path / "bert", tiny_corpus, **{
+        "paths.transformer": str(encoder), "training.optimizer.learn_rate.warmup_steps": 2,
+        "components.transformer.model.@architectures": "tokner.TransformerModel.v1",
+        "components.transformer.model.get_spans.@span_getters": "tokner.wordpiece_spans.v1",
+        "components.transformer.model.get_spans.window": 32,
+        "components.transformer.model.get_spans.stride": 24,
+    })
+    nlp = spacy.load(best)
+    trf = nlp.get_pipe("transformer")
+    getter = trf.model.attrs["get_spans"]
+    assert isinstance(getter, WordpieceSpans) and (getter.window, getter.stride) == (32, 24)
+    texts = [d.text for d in DocBin().from_disk(tiny_corpus["dev"]).get_docs(nlp.vocab)]
+    docs = list(nlp.pipe(texts))
+    for doc in docs:
+        lengths = doc._.trf_data.wordpieces.lengths
+        # every window holds at most 32 wordpieces (the longest nearly fills it), each token is in one
+        assert 24 < max(lengths) <= 32
+        covered = set()
+        for s, e in getter.windows(getter.wordpiece_counts([doc])[0]):
+            covered.update(range(s, e))
+        assert covered == set(range(len(doc)))
+    # to_disk / from_disk and to_bytes / from_bytes keep the getter and the predictions
+    nlp.to_disk(tmp_path / "copy")
+    again = spacy.load(tmp_path / "copy")
+    assert isinstance(again.get_pipe("transformer").model.attrs["get_spans"], WordpieceSpans)
+    assert _ents(again, texts) == _ents(nlp, texts)
+    from_bytes = spacy.load(tmp_path / "copy")
+    from_bytes.from_bytes(nlp.to_bytes())
+    assert _ents(from_bytes, texts) == _ents(nlp, texts)
+
+
+def test_a_pipeline_trained_with_token_windows_loads_with_wordpiece_windows(tiny_corpus, tmp_path):
+    """The inference-time switch that benchmarks/throughput.py --set makes: same weights, new windows."""
+    words = [t.text for d in DocBin().from_disk(tiny_corpus["train"]).get_docs(spacy.blank("en").vocab) for t in d]
+    encoder = make_tiny_bert(tmp_path / "tiny-bert", words)
+    best = _train(BERT_CFG, tmp_path / "bert", tiny_corpus, **{"paths.transformer": str(encoder),
+                                                              "training.optimizer.learn_rate.warmup_steps": 2})
+    texts = [d.text for d in DocBin().from_disk(tiny_corpus["dev"]).get_docs(spacy.blank("en").vocab)]
+    token_windows = spacy.load(best)
+    assert max(max(d._.trf_data.wordpieces.lengths) for d in token_windows.pipe(texts)) > 40
+    nlp = spacy.load(best, config={
+        "components.transformer.model.@architectures": "tokner.TransformerModel.v1",
+        "components.transformer.model.get_spans.@span_getters": "tokner.wordpiece_spans.v1",
+        "components.transformer.model.get_spans.window": 40,
+        "components.transformer.model.get_spans.stride": 32,
+    })
+    assert isinstance(nlp.get_pipe("transformer").model.attrs["get_spans"], WordpieceSpans)
+    for doc in nlp.pipe(texts):
+        assert 32 < max(doc._.trf_data.wordpieces.lengths) <= 40
+        assert all(e.label_ in nlp.get_pipe("ner").labels for e in doc.ents)
