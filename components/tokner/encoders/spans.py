@@ -66,7 +66,7 @@ class WordpieceSpans:
         if not docs:
             return []
         encoded = self.tokenizer([doc.text for doc in docs], add_special_tokens=False,
-                                 return_offsets_mapping=True, return_attention_mask=False)
+                                 return_offsets_mapping=True, return_attention_mask=False, verbose=False)
         counts = []
         for doc, offsets in zip(docs, encoded["offset_mapping"]):
             starts = numpy.asarray([t.idx for t in doc], dtype=numpy.int64)
