@@ -91,3 +91,63 @@ def test_a_failed_step_stops_what_depends_on_it(tmp_path):
     assert fixed.returncode == 0
     assert "Skipping 'setup'" in fixed.stdout and "Skipping 'slow1'" in fixed.stdout
     assert "Skipping 'slow2'" not in fixed.stdout and (tmp_path / "out" / "d").exists()
+
+
+INTERRUPT_PROJECT = textwrap.dedent(
+    """
+    title: toy
+    directories: ["out"]
+    commands:
+      - name: setup
+        script:
+          - "python -c \\"import pathlib; pathlib.Path('out/a').write_text('a')\\""
+        outputs:
+          - "out/a"
+      - name: long
+        script:
+          - "python -c \\"import os, time, pathlib; pathlib.Path('out/pid').write_text(str(os.getpid())); time.sleep(120); pathlib.Path('out/b').write_text('b')\\""
+        deps:
+          - "out/a"
+        outputs:
+          - "out/b"
+    workflows:
+      all:
+        - setup
+        - long
+    """
+)
+
+
+def test_an_interrupt_stops_the_running_steps_and_keeps_the_finished_ones(tmp_path):
+    import os
+    import signal
+    import time
+
+    (tmp_path / "project.yml").write_text(INTERRUPT_PROJECT)
+    runner = subprocess.Popen([sys.executable, "-m", "tokner.workflow", "all", "--jobs", "2"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={"PATH": "/usr/bin:/bin"})
+    pid_file = tmp_path / "out" / "pid"
+    deadline = time.time() + 60
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert pid_file.exists(), runner.communicate(timeout=10)[0]
+    step_pid = int(pid_file.read_text())
+    t0 = time.time()
+    runner.send_signal(signal.SIGINT)
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 130, out
+    assert time.time() - t0 < 30  # the 120 s step did not run to its end
+    assert "interrupted: stopped long" in out and "Traceback" not in out, out
+    time.sleep(0.2)
+    try:
+        os.kill(step_pid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive, "the interrupted step's process is still running"
+    lock = srsly.read_yaml(tmp_path / "project.lock")
+    assert "setup" in lock and "long" not in lock
+    assert not (tmp_path / "out" / "b").exists()
+    steps = srsly.read_json(tmp_path / "metrics" / "timings-all.json")["steps"]
+    assert [s["step"] for s in steps] == ["setup", "long"] and steps[0]["returncode"] == 0

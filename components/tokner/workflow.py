@@ -114,6 +114,27 @@ def _say(msg: str, flush: bool = True) -> None:
             sys.stdout.flush()
 
 
+def _schedule(steps, before, state, cond, jobs, worker, threads, t_start) -> None:
+    """Start each ready step (all its predecessors done) while fewer than ``jobs`` run, in
+    workflow order; return when nothing runs and nothing more can start."""
+    with cond:
+        while True:
+            failed = any(v == "failed" for v in state.values())
+            running = sum(v == "running" for v in state.values())
+            ready = [] if failed else [
+                s for s in steps if state[s] == "waiting" and all(state[p] == "done" for p in before[s])
+            ]
+            if not running and not ready:
+                break
+            for step in ready[: jobs - running]:
+                state[step] = "running"
+                _say(f"=== {step} (started at {time.perf_counter() - t_start:.0f} s) ===", flush=True)
+                t = threading.Thread(target=worker, args=(step,), daemon=True)
+                threads.append(t)
+                t.start()
+            cond.wait()
+
+
 def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> int:
     from weasel.util.config import parse_config_overrides
     from weasel.cli.run import check_rerun, update_lockfile
@@ -139,6 +160,8 @@ def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> 
     state: Dict[str, str] = {s: "waiting" for s in steps}  # waiting/running/done/failed
     results: Dict[str, Dict[str, Any]] = {}
     cond = threading.Condition()
+    procs: Dict[str, subprocess.Popen] = {}  # the running steps' processes, stopped on Ctrl-C
+    interrupted = threading.Event()
     t_start = time.perf_counter()
 
     def run_step(step: str) -> Tuple[int, bool]:
@@ -159,7 +182,13 @@ def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> 
                     argv[0] = sys.executable
                 log.write(f"Running command: {line}\n")
                 log.flush()
-                rc = subprocess.call(argv, cwd=project_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+                if interrupted.is_set():
+                    return 130, False
+                with cond:
+                    procs[step] = subprocess.Popen(argv, cwd=project_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+                rc = procs[step].wait()
+                with cond:
+                    procs.pop(step, None)
                 if rc != 0:
                     return rc, False
         with lock:
@@ -184,22 +213,29 @@ def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> 
             _say(f"=== {step}: {secs:.1f} s (exit {rc}{tail}) ===", flush=True)
 
     threads = []
-    with cond:
-        while True:
-            failed = any(v == "failed" for v in state.values())
-            running = sum(v == "running" for v in state.values())
-            ready = [] if failed else [
-                s for s in steps if state[s] == "waiting" and all(state[p] == "done" for p in before[s])
-            ]
-            if not running and not ready:
-                break
-            for step in ready[: jobs - running]:
-                state[step] = "running"
-                _say(f"=== {step} (started at {time.perf_counter() - t_start:.0f} s) ===", flush=True)
-                t = threading.Thread(target=worker, args=(step,), daemon=True)
-                threads.append(t)
-                t.start()
-            cond.wait()
+    try:
+        _schedule(steps, before, state, cond, jobs, worker, threads, t_start)
+    except KeyboardInterrupt:
+        # Ctrl-C (or SIGINT): stop the running steps; what finished stays in project.lock,
+        # so the next run skips it. A step stopped half-way is not recorded and reruns.
+        interrupted.set()
+        with cond:
+            stopping = dict(procs)
+        for proc in stopping.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in stopping.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for t in threads:
+            t.join(timeout=30)
+        _say(f"interrupted: stopped {', '.join(stopping) or 'no running step'}; the finished steps are "
+             f"recorded in project.lock and a rerun skips them", flush=True)
+        timings = [results[s] for s in steps if s in results]
+        _write_timings(project_dir, name, metrics, timings, time.perf_counter() - t_start, jobs)
+        return 130
     for t in threads:
         t.join()
     timings = [results[s] for s in steps if s in results]
