@@ -182,9 +182,9 @@ def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> 
                     argv[0] = sys.executable
                 log.write(f"Running command: {line}\n")
                 log.flush()
-                if interrupted.is_set():
-                    return 130, False
-                with cond:
+                with cond:  # checked under the lock the interrupt handler takes: no start after it
+                    if interrupted.is_set():
+                        return 130, False
                     procs[step] = subprocess.Popen(argv, cwd=project_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
                 rc = procs[step].wait()
                 with cond:
@@ -218,8 +218,8 @@ def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> 
     except KeyboardInterrupt:
         # Ctrl-C (or SIGINT): stop the running steps; what finished stays in project.lock,
         # so the next run skips it. A step stopped half-way is not recorded and reruns.
-        interrupted.set()
         with cond:
+            interrupted.set()
             stopping = dict(procs)
         for proc in stopping.values():
             if proc.poll() is None:
