@@ -75,10 +75,15 @@ class WordpieceSpans:
             counts.append(numpy.bincount(token_of_piece[token_of_piece >= 0], minlength=len(doc)))
         return counts
 
-    def windows(self, counts: numpy.ndarray) -> List[tuple]:
-        """(start, end) token windows for one document's per-token wordpiece counts."""
+    def budget(self) -> int:
+        """Wordpieces per window left for the text: ``window`` less the special tokens."""
+        return self.window - self.tokenizer.num_special_tokens_to_add(pair=False)
+
+    def windows(self, counts: numpy.ndarray, budget: int = 0) -> List[tuple]:
+        """(start, end) token windows for one document's per-token wordpiece counts
+        (``budget``: :meth:`budget`, computed when not given)."""
         n = len(counts)
-        budget = self.window - self.tokenizer.num_special_tokens_to_add(pair=False)
+        budget = budget or self.budget()
         cum = numpy.concatenate([[0], numpy.cumsum(counts)])
         out = []
         start = 0
@@ -94,7 +99,10 @@ class WordpieceSpans:
 
     def __call__(self, docs: Sequence[Doc]) -> List[List[Span]]:
         docs = list(docs)
-        return [[doc[s:e] for s, e in self.windows(c)] for doc, c in zip(docs, self.wordpiece_counts(docs))]
+        if not docs:
+            return []
+        budget = self.budget()
+        return [[doc[s:e] for s, e in self.windows(c, budget)] for doc, c in zip(docs, self.wordpiece_counts(docs))]
 
 
 @trf_registry.span_getters("tokner.wordpiece_spans.v1")
