@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import spacy  # noqa: E402
@@ -143,6 +143,7 @@ def test_batched_cache_decoding_equals_reference(tokenizer):
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), scale=st.sampled_from([4.0, 30.0]), bio=st.booleans())
+@example(seed=9999, scale=4.0, bio=True)  # one B-X B-X pair, never drafted: the rule had not seen it yet
 def test_speculation_drafts_whole_tags_and_changes_nothing(tokenizer, seed, scale, bio):
     """Drafts continue the row's own tag pattern, ``B-X`` included (two decisions each):
     tags and probabilities equal those decoded without speculation."""
@@ -169,8 +170,20 @@ def test_speculation_drafts_whole_tags_and_changes_nothing(tokenizer, seed, scal
         cd._Check = real_check
     assert [t for t, _ in drafted] == [t for t, _ in plain]
     assert [p for _, ps in drafted for p in ps] == pytest.approx([p for _, ps in plain for p in ps], abs=1e-4)
-    if any(t.startswith("B-") for tags, _ in plain for t, u in zip(tags, tags[1:]) if u == t):
+    if any(_drafts_repeated_b(tags) for tags, _ in plain):
         assert any(later), "a repeated B- tag was never drafted"
+
+
+def _drafts_repeated_b(tags) -> bool:
+    """Whether the draft rule (``_draft_target``: the tag that last followed the previous
+    tag in this sentence) guesses ``B-X`` after ``B-X`` at a word whose tag is ``B-X``: only
+    then is a repeated ``B-`` tag drafted (a first repetition is not yet known)."""
+    follow = {}
+    for prev, tag in zip(tags, tags[1:]):
+        if prev.startswith("B-") and tag == prev and follow.get(prev) == prev:
+            return True
+        follow[prev] = tag
+    return False
 
 
 def test_chunk_width_trades_pads_against_calls():
