@@ -270,3 +270,38 @@ def test_bf16_autocast_trains_close_to_float32(tmp_path):
     assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
     with pytest.raises(ValueError, match=r"autocast must be one of float32, bfloat16, fastest"):
         train(ROOT / "configs" / "lora.cfg", tmp_path / "bad", {**common, "lora.autocast": "bf16"}, progress=False)
+
+
+def test_answer_loss_is_the_models_own_loss_and_gradient(tmp_path):
+    """answer_loss (LM head only at labelled positions) gives model(**batch).loss and the same
+    adapter gradients, on a right-padded batch with the prompt masked out."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tokner.lora.data import IGNORE
+    from tokner.lora.modeling import attach_adapter, make_lora_config
+    from tokner.lora.train import answer_loss
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(make_tiny_llama(tmp_path / "tiny-llama"))
+    model = attach_adapter(base, lora_config=make_lora_config(4, 8, 0.0, ["q_proj", "v_proj"]))
+    for name, p in model.named_parameters():  # a non-zero B, so the adapter's gradients are not trivial
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    ids = torch.randint(5, 200, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    labels = ids.clone()
+    labels[:, :4] = IGNORE
+    labels[1, 6:] = IGNORE
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    grads = []
+    for fn in (lambda: model(**batch).loss, lambda: answer_loss(model, batch)):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (ref, g_ref), (got, g_got) = grads
+    assert abs(ref - got) < 1e-6, (ref, got)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_ref, g_got))
+    assert any(a.abs().sum() > 0 for a in g_ref)

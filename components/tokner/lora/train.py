@@ -74,21 +74,54 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
 AUTOCAST = ("float32", "bfloat16", "fastest")
 
 
+def resolve_autocast(setting: str, device) -> str:
+    """``"float32"`` or ``"bfloat16"`` for ``[lora] autocast`` on ``device``."""
+    if setting not in AUTOCAST:
+        raise ValueError(f"[lora] autocast must be one of {', '.join(AUTOCAST)}, got {setting!r}")
+    if setting == "fastest":
+        from tokner.utils.hardware import fastest_dtype
+
+        return "bfloat16" if fastest_dtype(str(device)) == "bfloat16" else "float32"
+    return setting
+
+
 def autocast_context(setting: str, device):
     """The ``torch.autocast`` context for ``[lora] autocast`` on ``device`` (a no-op for float32)."""
     import contextlib
 
     import torch
 
-    if setting not in AUTOCAST:
-        raise ValueError(f"[lora] autocast must be one of {', '.join(AUTOCAST)}, got {setting!r}")
-    if setting == "fastest":
-        from tokner.utils.hardware import fastest_dtype
-
-        setting = "bfloat16" if fastest_dtype(str(device)) == "bfloat16" else "float32"
-    if setting == "float32":
+    if resolve_autocast(setting, device) == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def answer_loss(model, batch) -> "torch.Tensor":
+    """The mean next-token cross-entropy over the labelled positions: the value of
+    ``model(**batch).loss``, with the LM head and the softmax computed only where a label is.
+
+    The loss is on the answer, about half of each sequence, and the LM head of SmolLM2
+    (576 x 49,152) with its log-softmax is the costliest layer per position: with bf16 base
+    weights, one thread on the AMX Xeon, this is 2.54 s per step against 2.69 s for the full
+    forward (benchmarks/lora_step_time.py, docs/methods.md). Models whose forward changes the
+    logits after the head (soft-capping, a logit scale) take the full forward.
+    """
+    import torch
+
+    from tokner.lora.data import IGNORE
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    cfg = base.config
+    if (head is None or decoder is None or decoder is base or getattr(cfg, "final_logit_softcapping", None)
+            or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0)):
+        return model(**batch).loss
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    logits = head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
 
 
 def peak_rss_mb() -> float:
@@ -246,7 +279,15 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
     budget_s = float(T["max_minutes"]) * 60.0
 
     # -- model --------------------------------------------------------------------
-    base = load_base_model(pcfg["base_model"], pcfg["device"], pcfg["torch_dtype"], pcfg["load_in_4bit"], for_training=True)
+    from tokner.lora.modeling import resolve_device
+
+    precision = resolve_autocast(T["autocast"], resolve_device(pcfg["device"]))
+    # bf16 training keeps the frozen base weights in bf16 (peft keeps the adapter and
+    # AdamW's state in float32): autocast would otherwise cast every weight on every
+    # forward and backward. 2.69 s per step against 3.04 s for bf16 autocast over float32
+    # weights (one thread, AMX Xeon; float32 3.46 s): docs/methods.md
+    base_dtype = "bfloat16" if precision == "bfloat16" and not pcfg["load_in_4bit"] else pcfg["torch_dtype"]
+    base = load_base_model(pcfg["base_model"], pcfg["device"], base_dtype, pcfg["load_in_4bit"], for_training=True)
     device = next(base.parameters()).device
     if T["gradient_checkpointing"]:
         base.gradient_checkpointing_enable()
@@ -324,7 +365,7 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
             batch = collate([encoded[pool[i]] for i in batches[mi]], codec.pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             with amp:
-                loss = model(**batch).loss
+                loss = answer_loss(model, batch)
             (loss / accum).backward()
             losses.append(loss.item())
             state["tokens_seen"] += int(batch["attention_mask"].sum())
