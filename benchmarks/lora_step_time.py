@@ -48,7 +48,7 @@ def main() -> int:
         results["runs"][setting] = {"sec_per_step": summary["sec_per_step_this_run"],
                                     "loss_last_20": summary["loss_last_20_this_run"],
                                     "train_seconds": summary["train_seconds"], "wall_seconds": wall,
-                                    "tokens_seen": summary["tokens_seen"]}
+                                    "tokens_seen": summary["tokens_seen_this_run"]}
         print(setting, json.dumps(results["runs"][setting]))
     if "float32" in results["runs"] and "bfloat16" in results["runs"]:
         results["speedup_bf16"] = results["runs"]["float32"]["sec_per_step"] / results["runs"]["bfloat16"]["sec_per_step"]

@@ -71,7 +71,13 @@ def test_training_writes_checkpoints_and_pipelines(trained):
     for sub in ("checkpoints/last", "checkpoints/best", "model-best/tokner_lora_ner", "model-last/tokner_lora_ner"):
         assert (out / sub / "adapter_config.json").exists(), sub
         assert (out / sub / "adapter_model.safetensors").exists(), sub
-    assert (out / "checkpoints" / "last" / "trainer_state.pt").exists()
+    # Trainer's checkpoint: adapter, optimizer, scheduler, every RNG state, the project's own state
+    ckpt = out / "checkpoints" / "checkpoint-2"
+    for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+                 "tokner_state.json"):
+        assert (ckpt / name).exists(), name
+    assert not (out / "checkpoints" / "checkpoint-1").exists()  # only the newest is kept
+    assert json.loads((ckpt / "tokner_state.json").read_text())["best_step"] in (1, 2)
     # the adapter folder is peft's own format
     from peft import PeftConfig
 
@@ -115,19 +121,36 @@ def test_merged_and_unmerged_agree(trained):
 
 
 def test_resume_continues_from_last_checkpoint(trained, tmp_path):
+    from safetensors.torch import load_file
+
     from tokner.lora.train import train
 
     out, _, base = trained
-    work = tmp_path / "resume"
-    shutil.copytree(out, work)
-    overrides = {
+    common = {
         "paths.train": str(out.parent / "train.spacy"), "paths.dev": str(out.parent / "train.spacy"),
-        "paths.base_model": str(base), "lora.max_steps": 3, "lora.max_minutes": 0, "lora.batch_size": 2,
-        "lora.eval_every": 0, "lora.eval_docs": 2, "lora.r": 4, "lora.alpha": 8,
+        "paths.base_model": str(base), "lora.max_minutes": 0, "lora.batch_size": 2, "lora.grad_accum": 2,
+        "lora.lr_scheduler": "constant", "lora.warmup_steps": 0, "lora.dropout": 0.3, "lora.eval_every": 0,
+        "lora.save_every": 1, "lora.eval_docs": 2, "lora.r": 4, "lora.alpha": 8, "lora.max_epochs": 0,
         "components.tokner_lora_ner.device": "cpu",
     }
-    summary = train(ROOT / "configs" / "lora.cfg", work, overrides, resume=True, progress=False)
-    assert summary["steps"] == 3  # two restored + one new
+    # one run of 5 steps, and one stopped after 3 steps and resumed to 5 (a constant schedule, so
+    # the first leg's shorter budget does not change the learning rates; dropout 0.3 so the
+    # restored RNG state matters; 9 sentences in batches of 2, two micro-batches per step: 2
+    # steps per epoch, so step 3 is mid-epoch and the data position matters)
+    whole = train(ROOT / "configs" / "lora.cfg", tmp_path / "whole", {**common, "lora.max_steps": 5}, progress=False)
+    train(ROOT / "configs" / "lora.cfg", tmp_path / "parts", {**common, "lora.max_steps": 3}, progress=False)
+    assert (tmp_path / "parts" / "checkpoints" / "checkpoint-3" / "rng_state.pth").exists()
+    parts = train(ROOT / "configs" / "lora.cfg", tmp_path / "parts", {**common, "lora.max_steps": 5}, resume=True,
+                  progress=False)
+    assert whole["steps_per_epoch"] == 2
+    assert whole["steps"] == parts["steps"] == 5
+    a = load_file(str(tmp_path / "whole" / "checkpoints" / "last" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "parts" / "checkpoints" / "last" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    # and the run did learn something: the adapter's B matrices start at zero
+    assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)
 
 
 def test_free_generation_path_runs(trained):

@@ -23,7 +23,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     t = sub.add_parser("train", help="LoRA-tune the pipeline's base model; writes OUTPUT/model-best")
     t.add_argument("config")
     t.add_argument("output")
-    t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last")
+    t.add_argument("--resume", action="store_true", help="continue from the newest OUTPUT/checkpoints/checkpoint-N")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("-v", "--verbose", action="store_true")
     b = sub.add_parser("tune-bias", help="choose the constrained decoder's per-type label_bias on gold data")

@@ -1,19 +1,20 @@
 """LoRA fine-tuning of the ``tokner_lora_ner`` pipe's base model on RareDis sentences.
 
-A plain PyTorch loop (peft LoRA, AdamW), driven by a spaCy-style config
+transformers' ``Trainer`` over a peft LoRA model, driven by a spaCy-style config
 (``configs/lora.cfg``): the ``[nlp]``/``[components]`` sections define the pipeline
 that is saved, the ``[lora]`` section the training. Features: loss on the answer
-only, length-bucketed batches, seeds, a budget in steps, epochs and/or minutes,
-dev evaluation with the constrained decoder every ``eval_every`` steps and selection
-of the best adapter, resumable checkpoints (adapter, optimizer, scheduler, RNG and
-data position), a progress bar. Output folder::
+only, length-bucketed batches, seeds, a budget in steps, epochs and/or minutes, bf16 on
+hardware that has it, dev evaluation with the constrained decoder every ``eval_every``
+steps and selection of the best adapter, resumable checkpoints (adapter, optimizer,
+scheduler, every RNG state and the data position), a progress bar. Output folder::
 
-    OUTPUT/checkpoints/last/   adapter + trainer_state.pt (resume from here)
-    OUTPUT/checkpoints/best/   adapter with the best dev score
-    OUTPUT/model-best/         spaCy pipeline with the best adapter
-    OUTPUT/model-last/         spaCy pipeline with the last adapter
-    OUTPUT/training_log.jsonl  one line per evaluation
-    OUTPUT/summary.json        budget, timings, peak memory, best scores
+    OUTPUT/checkpoints/checkpoint-N/  Trainer's newest checkpoint (``--resume`` continues from it)
+    OUTPUT/checkpoints/last/          adapter at the end of training
+    OUTPUT/checkpoints/best/          adapter with the best dev score
+    OUTPUT/model-best/                spaCy pipeline with the best adapter
+    OUTPUT/model-last/                spaCy pipeline with the last adapter
+    OUTPUT/training_log.jsonl         one line per evaluation
+    OUTPUT/summary.json               budget, timings, peak memory, best scores
 """
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def autocast_context(setting: str, device):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
-def answer_loss(model, batch) -> "torch.Tensor":
+def answer_loss(model, batch, num_items_in_batch=None) -> "torch.Tensor":
     """The mean next-token cross-entropy over the labelled positions: the value of
     ``model(**batch).loss``, with the LM head and the softmax computed only where a label is.
 
@@ -105,6 +106,8 @@ def answer_loss(model, batch) -> "torch.Tensor":
     weights, one thread on the AMX Xeon, this is 2.54 s per step against 2.69 s for the full
     forward (benchmarks/lora_step_time.py, docs/methods.md). Models whose forward changes the
     logits after the head (soft-capping, a logit scale) take the full forward.
+    ``num_items_in_batch`` (Trainer's count of labelled tokens over an accumulated step): the
+    summed loss divided by it, so accumulated micro-batches weigh each token alike.
     """
     import torch
 
@@ -116,12 +119,17 @@ def answer_loss(model, batch) -> "torch.Tensor":
     cfg = base.config
     if (head is None or decoder is None or decoder is base or getattr(cfg, "final_logit_softcapping", None)
             or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0)):
+        if num_items_in_batch is not None:
+            return model(**batch, num_items_in_batch=num_items_in_batch).loss
         return model(**batch).loss
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).last_hidden_state
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     logits = head(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
+    if num_items_in_batch is None:
+        return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum")
+    return loss / num_items_in_batch
 
 
 def peak_rss_mb() -> float:
@@ -233,17 +241,138 @@ def _lr_lambda(kind: str, warmup: int, total: int):
     return fn
 
 
+class BucketedBatchSampler:
+    """Length-bucketed batches (:func:`tokner.lora.data.bucketed_batches`), reshuffled per
+    epoch with ``seed + epoch``: the same batches in the same order on a resumed run, which
+    ``Trainer`` skips ahead through. accelerate's data loader calls :meth:`set_epoch`.
+
+    With ``multiple_of`` (the gradient-accumulation steps) > 1, each epoch ends after a
+    multiple of it, dropping the last ``len % multiple_of`` batches of that epoch's shuffle
+    (which ones changes per epoch), as ``drop_last`` does for a batch. ``Trainer`` (4.53)
+    resumes a checkpoint taken mid-epoch at the wrong data position when an epoch ends in
+    a partial accumulation step (it groups batches of two epochs into one step: a resumed
+    run then differed from the uninterrupted one, tests/test_lora.py).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, bucket_factor: int, multiple_of: int = 1):
+        from tokner.lora.data import bucketed_batches
+
+        self.lengths, self.batch_size, self.seed, self.bucket_factor = list(lengths), batch_size, seed, bucket_factor
+        self.epoch = 0
+        # the same count every epoch: the windows have fixed sizes whatever the shuffle
+        n = len(bucketed_batches(self.lengths, batch_size, seed, bucket_factor))
+        k = max(1, int(multiple_of))
+        self._len = max(k, n - n % k) if n >= k else n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        from tokner.lora.data import bucketed_batches
+
+        batches = bucketed_batches(self.lengths, self.batch_size, self.seed + self.epoch, self.bucket_factor)
+        return iter(batches[: self._len])
+
+    def __len__(self) -> int:
+        return self._len
+
+
+def _make_trainer_classes():
+    """``Trainer`` with the answer-only loss and the bucketed batches, and the callback that
+    does what the project needs besides: constrained-decoding dev selection, the minutes
+    budget, step times, and its own state in each checkpoint (imported lazily: transformers
+    is an optional dependency)."""
+    from torch.utils.data import DataLoader
+    from transformers import Trainer, TrainerCallback
+
+    class LoraTrainer(Trainer):
+        def __init__(self, *args, batch_sampler=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.batch_sampler = batch_sampler
+            # compute_loss normalises by the number of labelled tokens of the whole
+            # accumulated step (Trainer's num_items_in_batch), so Trainer must not divide again
+            self.model_accepts_loss_kwargs = True
+            self.micro_losses: List[float] = []
+            self.tokens_seen = 0
+
+        def get_train_dataloader(self):
+            loader = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator,
+                                num_workers=0)
+            return self.accelerator.prepare(loader)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = answer_loss(model, inputs, num_items_in_batch)
+            return (loss, None) if return_outputs else loss
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            n_labels = int((inputs["labels"][:, 1:] != -100).sum())
+            self.tokens_seen += int(inputs["attention_mask"].sum())
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            # the batch's own mean loss, for the progress bar and summary.json
+            scale = float(num_items_in_batch) / max(1, n_labels) if num_items_in_batch is not None else 1.0
+            self.micro_losses.append(float(loss) * scale)
+            return loss
+
+    class LoraCallback(TrainerCallback):
+        STATE_FILE = "tokner_state.json"
+
+        def __init__(self, state: Dict[str, Any], run_eval, budget_s: float, eval_every: int):
+            self.state, self.run_eval, self.budget_s, self.eval_every = state, run_eval, budget_s, eval_every
+            self.step_times: List[float] = []
+            self._t = None
+            self.stop_reason: Optional[str] = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            dt = time.perf_counter() - self._t
+            self.step_times.append(dt)
+            self.state["train_seconds"] += dt
+            self.state["step"] = state.global_step
+            self.state["epoch"] = int(state.epoch or 0)
+            if self.eval_every and state.global_step % self.eval_every == 0:
+                rec = self.run_eval(kw["model"])
+                if rec:
+                    from tqdm import tqdm
+
+                    tqdm.write(f"step {rec['step']}: {rec['metric']}={rec['score']:.4f} "
+                               f"avg_f={rec['paper_avg_f']:.4f} ({rec['eval_seconds']:.0f}s)")
+            if self.budget_s and self.state["train_seconds"] >= self.budget_s and state.global_step < state.max_steps:
+                self.stop_reason = "max_minutes"
+                control.should_training_stop = True
+                control.should_save = args.save_strategy != "no"
+            return control
+
+        def on_save(self, args, state, control, **kw):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / self.STATE_FILE).write_text(json.dumps(self.state) + "\n", encoding="utf-8")
+
+    return LoraTrainer, LoraCallback
+
+
 def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, resume: bool = False,
           progress: bool = True) -> Dict[str, Any]:
-    """Train the adapter and write the pipelines; returns the summary dict."""
+    """Train the adapter with transformers' ``Trainer`` and write the pipelines; returns the summary dict.
+
+    ``Trainer`` does the loop: the optimizer and schedule of the config (AdamW, the
+    ``[lora]`` warm-up and linear/cosine/constant schedule), gradient accumulation
+    normalised by labelled tokens, clipping, bf16 autocast, checkpoints with optimizer,
+    scheduler and every RNG state (``OUTPUT/checkpoints/checkpoint-N``, the newest kept),
+    resuming with the data position, and the progress bar and logs. The project adds the
+    answer-only loss, the bucketed batches and one callback (dev selection by constrained
+    decoding, the minutes budget).
+    """
     import torch
-    from peft import set_peft_model_state_dict
-    from tqdm import tqdm
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
 
     from tokner.scoring.evaluation import load_gold_docs
-    from tokner.lora.data import bucketed_batches, collate, encode_example, oversample_indices, read_docbin, sentences_from_docs
+    from tokner.lora.data import collate, encode_example, oversample_indices, read_docbin, sentences_from_docs
     from tokner.lora.modeling import (adapter_state, attach_adapter, load_base_model, make_lora_config, require_lora_deps,
-                           save_adapter)
+                                      resolve_device, save_adapter)
+    from tqdm import tqdm
 
     require_lora_deps()
     wall_start = time.perf_counter()
@@ -269,26 +398,26 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
                tqdm(train_sents, desc="encode train", unit="sent", disable=not progress)]
     n_truncated = sum(e.truncated for e in encoded)
     pool = oversample_indices([t for _, t in train_sents], T["oversample"], pipe.labels)
-    lengths = [len(encoded[i].input_ids) for i in pool]
+    dataset = [encoded[i] for i in pool]
+    lengths = [len(e.input_ids) for e in dataset]
     dev_docs = load_gold_docs(Path(dev_path), nlp)[: int(T["eval_docs"]) or None] if dev_path else []
     bs, accum = int(T["batch_size"]), max(1, int(T["grad_accum"]))
-    micro_per_epoch = math.ceil(len(pool) / bs)
+    sampler = BucketedBatchSampler(lengths, bs, int(T["seed"]), int(T["bucket_factor"]), multiple_of=accum)
+    micro_per_epoch = len(sampler)
     steps_per_epoch = math.ceil(micro_per_epoch / accum)
     max_steps = int(T["max_steps"]) or steps_per_epoch * int(T["max_epochs"])
     max_steps = min(max_steps, steps_per_epoch * int(T["max_epochs"])) if int(T["max_epochs"]) else max_steps
     budget_s = float(T["max_minutes"]) * 60.0
 
     # -- model --------------------------------------------------------------------
-    from tokner.lora.modeling import resolve_device
-
-    precision = resolve_autocast(T["autocast"], resolve_device(pcfg["device"]))
+    device = resolve_device(pcfg["device"])
+    precision = resolve_autocast(T["autocast"], device)
     # bf16 training keeps the frozen base weights in bf16 (peft keeps the adapter and
     # AdamW's state in float32): autocast would otherwise cast every weight on every
     # forward and backward. 2.69 s per step against 3.04 s for bf16 autocast over float32
     # weights (one thread, AMX Xeon; float32 3.46 s): docs/methods.md
     base_dtype = "bfloat16" if precision == "bfloat16" and not pcfg["load_in_4bit"] else pcfg["torch_dtype"]
     base = load_base_model(pcfg["base_model"], pcfg["device"], base_dtype, pcfg["load_in_4bit"], for_training=True)
-    device = next(base.parameters()).device
     if T["gradient_checkpointing"]:
         base.gradient_checkpointing_enable()
         base.enable_input_require_grads()
@@ -306,37 +435,25 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
 
     ckpt_dir = output_dir / "checkpoints"
     last_dir, best_dir = ckpt_dir / "last", ckpt_dir / "best"
-    state: Dict[str, Any] = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "best_score": -1.0, "best_step": -1,
-                             "train_seconds": 0.0, "tokens_seen": 0, "last_eval_step": -1}
-    if resume and (last_dir / "trainer_state.pt").exists():
-        saved = torch.load(last_dir / "trainer_state.pt", weights_only=False)
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(model, load_file(str(last_dir / "adapter_model.safetensors")))
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        random.setstate(saved["rng_python"])
-        torch.set_rng_state(saved["rng_torch"])
-        state.update(saved["state"])
-        logger.info("resumed from %s at step %d", last_dir, state["step"])
+    state: Dict[str, Any] = {"step": 0, "epoch": 0, "best_score": -1.0, "best_step": -1,
+                             "train_seconds": 0.0, "last_eval_step": -1}
+    checkpoint = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
+    if checkpoint:
+        saved = Path(checkpoint) / "tokner_state.json"
+        if saved.exists():
+            state.update(json.loads(saved.read_text(encoding="utf-8")))
+        logger.info("resuming from %s (step %s)", checkpoint, state["step"])
     elif resume:
-        logger.warning("--resume given but %s has no checkpoint: starting fresh", last_dir)
+        logger.warning("--resume given but %s has no checkpoint: starting fresh", ckpt_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     log_path = output_dir / "training_log.jsonl"
 
-    def save_last() -> None:
-        cfg_, st = adapter_state(model)
-        save_adapter(last_dir, cfg_, st)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng_python": random.getstate(), "rng_torch": torch.get_rng_state(), "state": dict(state)},
-                   last_dir / "trainer_state.pt")
-
-    def run_eval() -> Optional[Dict[str, Any]]:
+    def run_eval(model_) -> Optional[Dict[str, Any]]:
         if not dev_docs:
             return None
-        model.config.use_cache = True
-        scores = evaluate_adapter(model, codec, dev_docs, int(T["eval_batch_size"]), pcfg["bio_constraint"])
-        model.config.use_cache = False
+        model_.config.use_cache = True
+        scores = evaluate_adapter(model_, codec, dev_docs, int(T["eval_batch_size"]), pcfg["bio_constraint"])
+        model_.config.use_cache = False
         score = float(scores[T["selection_metric"]])
         record = {"step": state["step"], "epoch": state["epoch"], "train_seconds": round(state["train_seconds"], 1),
                   "score": score, **{k: scores[k] for k in ("paper_avg_f", "paper_micro5_f", "paper_micro_f",
@@ -344,82 +461,50 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
         state["last_eval_step"] = state["step"]
         if score > state["best_score"]:
             state["best_score"], state["best_step"] = score, state["step"]
-            cfg_, st = adapter_state(model)
+            cfg_, st = adapter_state(model_)
             save_adapter(best_dir, cfg_, st)
             record["best"] = True
         with log_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        return record
+        return {**record, "metric": T["selection_metric"]}
 
-    # -- loop -------------------------------------------------------------------------
+    # -- loop (transformers' Trainer) -----------------------------------------------------
+    LoraTrainer, LoraCallback = _make_trainer_classes()
+    save_every = int(T["save_every"])
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), max_steps=max_steps, per_device_train_batch_size=bs,
+        gradient_accumulation_steps=accum, max_grad_norm=float(T["max_grad_norm"] or 0.0),
+        bf16=precision == "bfloat16", use_cpu=device == "cpu", seed=int(T["seed"]),
+        save_strategy="steps" if save_every else "no", save_steps=save_every or 500, save_total_limit=1,
+        logging_steps=max(1, int(T["log_every"])), logging_first_step=True, report_to="none",
+        disable_tqdm=not progress, remove_unused_columns=False, dataloader_pin_memory=False,
+        eval_strategy="no",
+    )
+    callback = LoraCallback(state, run_eval, budget_s, int(T["eval_every"] or 0))
+    trainer = LoraTrainer(model=model, args=args, train_dataset=dataset, optimizers=(optimizer, scheduler),
+                          data_collator=lambda examples: collate(examples, codec.pad_id), callbacks=[callback],
+                          batch_sampler=sampler)
     model.train()
-    amp = autocast_context(T["autocast"], device)  # resolved once; torch.autocast can be re-entered
-    bar = tqdm(total=max_steps, initial=state["step"], desc="train-lora", unit="step", disable=not progress)
-    step_times: List[float] = []
-    stop_reason = "max_steps" if state["step"] >= max_steps else None
-    losses: List[float] = []
-    t_mark = time.perf_counter()
-    while stop_reason is None:
-        batches = bucketed_batches(lengths, bs, int(T["seed"]) + state["epoch"], int(T["bucket_factor"]))
-        for mi in range(state["micro_in_epoch"], len(batches)):
-            batch = collate([encoded[pool[i]] for i in batches[mi]], codec.pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with amp:
-                loss = answer_loss(model, batch)
-            (loss / accum).backward()
-            losses.append(loss.item())
-            state["tokens_seen"] += int(batch["attention_mask"].sum())
-            state["micro_in_epoch"] = mi + 1
-            if (mi + 1) % accum and mi + 1 < len(batches):
-                continue
-            if T["max_grad_norm"]:
-                torch.nn.utils.clip_grad_norm_(params, float(T["max_grad_norm"]))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            now = time.perf_counter()
-            step_times.append(now - t_mark)
-            state["train_seconds"] += now - t_mark
-            bar.update(1)
-            if state["step"] % max(1, int(T["log_every"])) == 0 or state["step"] == 1:
-                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", best=f"{state['best_score']:.3f}")
-            if T["eval_every"] and state["step"] % int(T["eval_every"]) == 0:
-                rec = run_eval()
-                if rec:
-                    bar.write(f"step {rec['step']}: {T['selection_metric']}={rec['score']:.4f} "
-                              f"avg_f={rec['paper_avg_f']:.4f} ({rec['eval_seconds']:.0f}s)")
-            if T["save_every"] and state["step"] % int(T["save_every"]) == 0:
-                save_last()
-            if state["step"] >= max_steps:
-                stop_reason = "max_steps"
-            elif budget_s and state["train_seconds"] >= budget_s:
-                stop_reason = "max_minutes"
-            t_mark = time.perf_counter()
-            if stop_reason:
-                break
-        else:
-            state["epoch"] += 1
-            state["micro_in_epoch"] = 0
-            if T["max_epochs"] and state["epoch"] >= int(T["max_epochs"]):
-                stop_reason = "max_epochs"
-    bar.close()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    state["step"] = trainer.state.global_step
+    stop_reason = callback.stop_reason or ("max_steps" if state["step"] >= max_steps else "max_epochs")
     if state["last_eval_step"] != state["step"]:
-        rec = run_eval()
+        rec = run_eval(model)
         if rec:
             print(f"final step {rec['step']}: {T['selection_metric']}={rec['score']:.4f} avg_f={rec['paper_avg_f']:.4f}")
-    save_last()
+    cfg_, st = adapter_state(model)
+    save_adapter(last_dir, cfg_, st)
     if not best_dir.exists():  # no dev set: the last adapter is the best we know
-        cfg_, st = adapter_state(model)
         save_adapter(best_dir, cfg_, st)
+    step_times, losses = callback.step_times, trainer.micro_losses
 
     # -- pipelines ----------------------------------------------------------------------
     summary = {
         "config": str(config_path), "base_model": pcfg["base_model"], "stop_reason": stop_reason,
-        "steps": state["step"], "epochs_done": state["epoch"] + state["micro_in_epoch"] / max(1, micro_per_epoch),
+        "steps": state["step"], "epochs_done": state["step"] / max(1, steps_per_epoch),
         "steps_per_epoch": steps_per_epoch, "train_sentences": len(encoded), "epoch_sentences": len(pool),
-        "truncated": n_truncated,
-        "seq_len_mean": sum(lengths) / max(1, len(lengths)), "tokens_seen": state["tokens_seen"],
+        "truncated": n_truncated, "precision": precision,
+        "seq_len_mean": sum(lengths) / max(1, len(lengths)), "tokens_seen_this_run": trainer.tokens_seen,
         "train_seconds": state["train_seconds"], "sec_per_step_this_run": (sum(step_times) / len(step_times)) if step_times else None,
         "loss_last_20_this_run": (sum(losses[-20:]) / len(losses[-20:])) if losses else None,
         "trainable_params": n_trainable, "best_step": state["best_step"], "best_score": state["best_score"],
