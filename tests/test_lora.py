@@ -78,6 +78,9 @@ def test_training_writes_checkpoints_and_pipelines(trained):
         assert (ckpt / name).exists(), name
     assert not (out / "checkpoints" / "checkpoint-1").exists()  # only the newest is kept
     assert json.loads((ckpt / "tokner_state.json").read_text())["best_step"] in (1, 2)
+    # configs/lora.cfg: attention "auto" is eager on a CPU, and the dev evaluations in
+    # between restored it (they decode with SDPA)
+    assert summary["attention"] == "eager"
     # the adapter folder is peft's own format
     from peft import PeftConfig
 
@@ -293,6 +296,16 @@ def test_bf16_autocast_trains_close_to_float32(tmp_path):
     assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
     with pytest.raises(ValueError, match=r"autocast must be one of float32, bfloat16, fastest"):
         train(ROOT / "configs" / "lora.cfg", tmp_path / "bad", {**common, "lora.autocast": "bf16"}, progress=False)
+
+
+def test_attention_setting_resolves_per_device_and_rejects_unknown_values():
+    from tokner.lora.train import resolve_attention
+
+    assert resolve_attention("auto", "cpu") == "eager"
+    assert resolve_attention("auto", "cuda:0") is None
+    assert resolve_attention("sdpa", "cpu") == "sdpa"
+    with pytest.raises(ValueError, match="attention must be one of"):
+        resolve_attention("flash", "cpu")
 
 
 def test_answer_loss_is_the_models_own_loss_and_gradient(tmp_path):

@@ -102,14 +102,18 @@ def load_base_model(
     torch_dtype: str = "auto",
     load_in_4bit: bool = False,
     for_training: bool = False,
+    attn_implementation: Optional[str] = None,
 ):
-    """The base causal LM; ``load_in_4bit`` quantises with bitsandbytes (CUDA only)."""
+    """The base causal LM; ``load_in_4bit`` quantises with bitsandbytes (CUDA only);
+    ``attn_implementation`` as transformers' (None: the model's default)."""
     from transformers import AutoModelForCausalLM
 
     _check_local(base_model)
     device = resolve_device(device)
     dtype = resolve_dtype(torch_dtype, device)
     kwargs: Dict[str, Any] = {"torch_dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:
         if not device.startswith("cuda"):
             raise ValueError("load_in_4bit needs a CUDA device (bitsandbytes); set load_in_4bit = false on CPU")

@@ -70,9 +70,27 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     # weights and optimizer state stay float32); "fastest": bfloat16 where the device
     # computes it natively (tokner.utils.hardware), else float32
     "autocast": "float32",
+    # the base model's attention in training: "auto" (eager on a CPU, the model's default,
+    # SDPA, elsewhere), "eager" or "sdpa". On the AMX Xeon, one thread, SmolLM2-135M batches of
+    # 4 train sentences (mean 160 tokens): 2.16 s per bf16 step with eager attention against
+    # 2.49 s with SDPA, whose CPU flash-attention backward was 17.5% of the step
+    # (benchmarks/lora_step_levers.py, docs/methods.md); eager's memory grows with the square
+    # of the length, which GPUs and long inputs cannot afford
+    "attention": "auto",
 }
 
 AUTOCAST = ("float32", "bfloat16", "fastest")
+ATTENTION = ("auto", "eager", "sdpa")
+
+
+def resolve_attention(setting: str, device) -> Optional[str]:
+    """The ``attn_implementation`` to load the base with for ``[lora] attention`` on
+    ``device`` (None: the model's default)."""
+    if setting not in ATTENTION:
+        raise ValueError(f"[lora] attention must be one of {', '.join(ATTENTION)}, got {setting!r}")
+    if setting == "auto":
+        return "eager" if str(device) == "cpu" else None
+    return setting
 
 
 def resolve_autocast(setting: str, device) -> str:
@@ -86,25 +104,14 @@ def resolve_autocast(setting: str, device) -> str:
     return setting
 
 
-def autocast_context(setting: str, device):
-    """The ``torch.autocast`` context for ``[lora] autocast`` on ``device`` (a no-op for float32)."""
-    import contextlib
-
-    import torch
-
-    if resolve_autocast(setting, device) == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-
-
 def answer_loss(model, batch, num_items_in_batch=None) -> "torch.Tensor":
     """The mean next-token cross-entropy over the labelled positions: the value of
     ``model(**batch).loss``, with the LM head and the softmax computed only where a label is.
 
     The loss is on the answer, about half of each sequence, and the LM head of SmolLM2
     (576 x 49,152) with its log-softmax is the costliest layer per position: with bf16 base
-    weights, one thread on the AMX Xeon, this is 2.54 s per step against 2.69 s for the full
-    forward (benchmarks/lora_step_time.py, docs/methods.md). Models whose forward changes the
+    weights, one thread on the AMX Xeon, this is 2.49 s per step against 2.58 s for the full
+    forward (benchmarks/lora_step_levers.py, docs/methods.md). Models whose forward changes the
     logits after the head (soft-capping, a logit scale) take the full forward.
     ``num_items_in_batch`` (Trainer's count of labelled tokens over an accumulated step): the
     summed loss divided by it, so accumulated micro-batches weigh each token alike.
@@ -414,10 +421,11 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
     precision = resolve_autocast(T["autocast"], device)
     # bf16 training keeps the frozen base weights in bf16 (peft keeps the adapter and
     # AdamW's state in float32): autocast would otherwise cast every weight on every
-    # forward and backward. 2.69 s per step against 3.04 s for bf16 autocast over float32
-    # weights (one thread, AMX Xeon; float32 3.46 s): docs/methods.md
+    # forward and backward. 2.58 s per step against 2.74 s for bf16 autocast over float32
+    # weights (one thread, AMX Xeon; float32 3.88 s): benchmarks/lora_step_levers.py
     base_dtype = "bfloat16" if precision == "bfloat16" and not pcfg["load_in_4bit"] else pcfg["torch_dtype"]
-    base = load_base_model(pcfg["base_model"], pcfg["device"], base_dtype, pcfg["load_in_4bit"], for_training=True)
+    base = load_base_model(pcfg["base_model"], pcfg["device"], base_dtype, pcfg["load_in_4bit"], for_training=True,
+                           attn_implementation=resolve_attention(T["attention"], device))
     if T["gradient_checkpointing"]:
         base.gradient_checkpointing_enable()
         base.enable_input_require_grads()
@@ -452,8 +460,15 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
         if not dev_docs:
             return None
         model_.config.use_cache = True
-        scores = evaluate_adapter(model_, codec, dev_docs, int(T["eval_batch_size"]), pcfg["bio_constraint"])
-        model_.config.use_cache = False
+        # decode with SDPA as the pipe does (transformers reads the attention implementation
+        # from the config at each forward); eager attention is for the training steps
+        attn = model_.config._attn_implementation
+        model_.config._attn_implementation = "sdpa" if attn == "eager" else attn
+        try:
+            scores = evaluate_adapter(model_, codec, dev_docs, int(T["eval_batch_size"]), pcfg["bio_constraint"])
+        finally:
+            model_.config.use_cache = False
+            model_.config._attn_implementation = attn
         score = float(scores[T["selection_metric"]])
         record = {"step": state["step"], "epoch": state["epoch"], "train_seconds": round(state["train_seconds"], 1),
                   "score": score, **{k: scores[k] for k in ("paper_avg_f", "paper_micro5_f", "paper_micro_f",
@@ -478,7 +493,7 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
         save_strategy="steps" if save_every else "no", save_steps=save_every or 500, save_total_limit=1,
         logging_steps=max(1, int(T["log_every"])), logging_first_step=True, report_to="none",
         disable_tqdm=not progress, remove_unused_columns=False, dataloader_pin_memory=False,
-        eval_strategy="no",
+        eval_strategy="no", label_names=["labels"],
     )
     callback = LoraCallback(state, run_eval, budget_s, int(T["eval_every"] or 0))
     trainer = LoraTrainer(model=model, args=args, train_dataset=dataset, optimizers=(optimizer, scheduler),
@@ -503,7 +518,7 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
         "config": str(config_path), "base_model": pcfg["base_model"], "stop_reason": stop_reason,
         "steps": state["step"], "epochs_done": state["step"] / max(1, steps_per_epoch),
         "steps_per_epoch": steps_per_epoch, "train_sentences": len(encoded), "epoch_sentences": len(pool),
-        "truncated": n_truncated, "precision": precision,
+        "truncated": n_truncated, "precision": precision, "attention": base.config._attn_implementation,
         "seq_len_mean": sum(lengths) / max(1, len(lengths)), "tokens_seen_this_run": trainer.tokens_seen,
         "train_seconds": state["train_seconds"], "sec_per_step_this_run": (sum(step_times) / len(step_times)) if step_times else None,
         "loss_last_20_this_run": (sum(losses[-20:]) / len(losses[-20:])) if losses else None,
