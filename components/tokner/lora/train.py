@@ -269,7 +269,7 @@ class BucketedBatchSampler:
         # the same count every epoch: the windows have fixed sizes whatever the shuffle
         n = len(bucketed_batches(self.lengths, batch_size, seed, bucket_factor))
         k = max(1, int(multiple_of))
-        self._len = max(k, n - n % k) if n >= k else n
+        self._len = n - n % k if n >= k else n
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -292,6 +292,8 @@ def _make_trainer_classes():
     from torch.utils.data import DataLoader
     from transformers import Trainer, TrainerCallback
 
+    from tokner.lora.data import IGNORE
+
     class LoraTrainer(Trainer):
         def __init__(self, *args, batch_sampler=None, **kwargs):
             super().__init__(*args, **kwargs)
@@ -312,7 +314,7 @@ def _make_trainer_classes():
             return (loss, None) if return_outputs else loss
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            n_labels = int((inputs["labels"][:, 1:] != -100).sum())
+            n_labels = int((inputs["labels"][:, 1:] != IGNORE).sum())
             self.tokens_seen += int(inputs["attention_mask"].sum())
             loss = super().training_step(model, inputs, num_items_in_batch)
             # the batch's own mean loss, for the progress bar and summary.json
