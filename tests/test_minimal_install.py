@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 EXTRAS = ("torch", "transformers", "spacy_llm", "peft", "spacy_transformers", "ray", "matplotlib", "pyarrow",
-          "seqeval", "bm25s", "sentence_transformers")
+          "seqeval", "bm25s", "sentence_transformers", "sklearn")
 
 SCRIPT = textwrap.dedent(f"""
     import importlib.abc, sys

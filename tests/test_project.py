@@ -118,7 +118,9 @@ def test_parallel_runner_waits_for_what_each_step_needs():
     assert set(before["compare"]) == {"models", "corpus", "llm-rag", "evaluate-cnn-vectors", "evaluate-bert",
                                       "evaluate-cnn", "llm-few", "llm-zero", "evaluate-lora", "ensemble"}
     assert set(before["ensemble"]) == {"models", "corpus", "train-lora", "train-cnn-vectors", "evaluate-cnn-vectors",
-                                       "train-bert", "evaluate-bert", "train-cnn", "evaluate-cnn", "evaluate-lora"}
+                                       "train-bert", "evaluate-bert", "train-cnn", "evaluate-cnn", "evaluate-lora",
+                                       "train-doc-type"}
+    assert before["train-doc-type"] == ["models", "corpus"]
     # the first two steps that can run at once are the two longest
     assert [s for s in steps if set(before[s]) <= {"models", "corpus"}][2:4] == ["train-lora", "llm-rag"]
     assert split_jobs(["--jobs", "2", "--vars.x", "1"]) == (2, ["--vars.x", "1"])

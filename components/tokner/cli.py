@@ -251,16 +251,34 @@ def _cmd_ensemble_search(args) -> int:
     def copy(doc):
         return DocBin(store_user_data=False, docs=[doc]).get_docs(nlp.vocab).__next__()
 
+    doc_probs = None
+    if args.doc_type:
+        if not Path(args.doc_type).exists():
+            raise SystemExit(f"--doc-type: no pipeline at {args.doc_type} (tokner train-doc-type writes one)")
+        doc_type_nlp = spacy.load(args.doc_type)
+        doc_type = next((p for _, p in doc_type_nlp.pipeline if type(p).__name__ == "DocType"), None)
+        if doc_type is None:
+            raise SystemExit(f"--doc-type {args.doc_type}: no tokner_doc_type component (pipes: {doc_type_nlp.pipe_names})")
+        doc_probs = doc_type.model.predict([g.text for g in gold])
+
+    def held_docs(result):
+        return [set_ents(copy(g), triples) for g, triples in zip(gold, result["held_out"])]
+
     rows = {}
     for name, docs in members.items():
         rows[name] = paper(docs)
         rows[f"{name} + consistency"] = paper([apply_consistency(copy(d)) for d in docs])
+        if doc_probs is not None:  # the member alone, relabelled by document type at a cross-fitted threshold
+            alone = cross_fit(gold, {name: docs}, PAPER_LABELS, folds=args.folds, consistency=(False,),
+                              by_boundary=(False,), doc_probs=doc_probs)
+            rows[f"{name} + doc type, cross-fit {args.folds} folds"] = paper(held_docs(alone))
     consistency = (False,) if args.no_consistency else (False, True)
     result = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency)
-    held = []
-    for g, triples in zip(gold, result["held_out"]):
-        held.append(set_ents(copy(g), triples))
-    key = f"vote({'+'.join(members)}), cross-fit {args.folds} folds"
+    if doc_probs is not None:
+        rows[f"vote({'+'.join(members)}), cross-fit {args.folds} folds"] = paper(held_docs(result))
+        result = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency, doc_probs=doc_probs)
+    held = held_docs(result)
+    key = f"vote({'+'.join(members)}){' + doc type' if doc_probs is not None else ''}, cross-fit {args.folds} folds"
     rows[key] = paper(held)
     cols = ["avg", "micro5", *PAPER_LABELS]
     print("| " + " | ".join(["predictions", *cols]) + " |")
@@ -271,7 +289,8 @@ def _cmd_ensemble_search(args) -> int:
     print(f"setting chosen on all documents (for a pipeline): {result['setting_all']}")
     if args.output:
         out = {"gold": args.gold, "members": dict(s.partition("=")[::2] for s in args.members), "folds": args.folds,
-               "rows": rows, "fold_settings": result["fold_settings"], "setting_all": result["setting_all"]}
+               "rows": rows, "fold_settings": result["fold_settings"], "setting_all": result["setting_all"],
+               "doc_type": args.doc_type}
         write_json(args.output, out)
     if args.save_docs:
         Path(args.save_docs).parent.mkdir(parents=True, exist_ok=True)
@@ -341,7 +360,9 @@ def _cmd_compare(args) -> int:
 def _cmd_ensemble_build(args) -> int:
     from tokner.ensemble import build_ensemble
 
-    setting = json.loads(Path(args.search).read_text())["setting_all"]
+    search = json.loads(Path(args.search).read_text())
+    setting = search["setting_all"]
+    doc_type = args.doc_type or search.get("doc_type")
     members = {}
     for spec in args.members:
         name, sep, path = spec.partition("=")
@@ -352,12 +373,48 @@ def _cmd_ensemble_build(args) -> int:
     if missing:
         raise SystemExit(f"{args.search} chose weights for {missing}: give their pipelines with --members")
     try:
-        nlp = build_ensemble(members, setting)
+        nlp = build_ensemble(members, setting, doc_type=doc_type)
     except (OSError, ValueError) as e:
         raise SystemExit(str(e)) from None
     nlp.to_disk(args.output)
     print(f"wrote {args.output}: members {sorted(members)}, weights {setting['weights']}, "
-          f"threshold {setting['threshold']}, consistency {setting['consistency']}")
+          f"threshold {setting['threshold']}, consistency {setting['consistency']}, "
+          f"doc-type threshold {setting.get('doc_type_threshold')}")
+    return 0
+
+
+def _cmd_train_doc_type(args) -> int:
+    import spacy
+
+    from tokner.doctype import build_pipeline, doc_label, train
+    from tokner.scoring.evaluation import load_gold_docs
+
+    nlp = spacy.blank("en")
+    try:
+        docs = load_gold_docs(Path(args.train), nlp)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{args.train}: {e}") from None
+    labels = [doc_label(d) for d in docs]
+    try:
+        model = train([d.text for d in docs], labels, C=args.C, cv_folds=args.cv_folds)
+    except ValueError as e:
+        raise SystemExit(f"{args.train}: {e}") from None
+    info = dict(model.info, train=args.train)
+    if args.dev:
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
+        dev = load_gold_docs(Path(args.dev), nlp)
+        y = [doc_label(d) for d in dev]
+        p = model.predict([d.text for d in dev])
+        info.update({"dev": args.dev, "dev_docs": len(dev), "dev_positive": int(sum(y))})
+        if 0 < sum(y) < len(y):
+            info.update({"dev_roc_auc": float(roc_auc_score(y, p)), "dev_average_precision": float(average_precision_score(y, p))})
+    model.info = info
+    build_pipeline(model, threshold=args.threshold).to_disk(args.output)
+    print(json.dumps(info, indent=2))
+    print(f"wrote {args.output}")
+    if args.metrics:
+        write_json(args.metrics, info)
     return 0
 
 
@@ -476,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="each member's predictions on the gold texts (tokner evaluate --save-docs)")
     en.add_argument("--folds", type=int, default=2, help="documents split in this many contiguous folds (default 2)")
     en.add_argument("--no-consistency", action="store_true", help="do not try document consistency after the vote")
+    en.add_argument("--doc-type", metavar="PIPELINE",
+                    help="a tokner train-doc-type pipeline: also try relabelling RAREDISEASE/SKINRAREDISEASE by its "
+                         "document probability after the vote, the threshold cross-fitted with the weights")
     en.add_argument("--output", help="metrics JSON (rows, settings per fold, setting chosen on all documents)")
     en.add_argument("--save-docs", help="the cross-fitted vote's predictions as a DocBin (for tokner compare)")
     en.add_argument("--metrics-output", help="the cross-fitted vote's scores in tokner evaluate's format (for tokner compare)")
@@ -510,7 +570,20 @@ def build_parser() -> argparse.ArgumentParser:
     eb.add_argument("output", help="pipeline folder to write")
     eb.add_argument("--members", nargs="+", required=True, metavar="NAME=PIPELINE",
                     help="each member's pipeline folder, named as in the search")
+    eb.add_argument("--doc-type", metavar="PIPELINE",
+                    help="the tokner train-doc-type pipeline (default: the one the search was run with)")
     eb.set_defaults(func=_cmd_ensemble_build)
+
+    dt = sub.add_parser("train-doc-type", help="train the document-type model (skin rare disease or not) that "
+                                               "tokner_doc_type uses, on gold documents; save it as a pipeline")
+    dt.add_argument("train", help="gold DocBin, BRAT folder or IOB CSV (positive: more SKINRAREDISEASE than RAREDISEASE mentions)")
+    dt.add_argument("output", help="pipeline folder to write (the paper's tokenizer + tokner_doc_type)")
+    dt.add_argument("--dev", help="gold documents to report ROC AUC and average precision on")
+    dt.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression (default 1)")
+    dt.add_argument("--cv-folds", type=int, default=5, help="cross-validation folds on train for the report (0: none)")
+    dt.add_argument("--threshold", type=float, default=0.5, help="the saved component's relabelling threshold")
+    dt.add_argument("--metrics", help="write the report as JSON")
+    dt.set_defaults(func=_cmd_train_doc_type)
 
     rr = sub.add_parser("readme-results", help="put compare's summary table (reports/summary.md), the run's description "
                                                "and its step times between README.md's results markers")

@@ -14,6 +14,9 @@
   only labels inside one group are unified, the others left as predicted.
 * Components ``tokner_ensemble`` (members are pipelines, copied into the ensemble's
   folder by ``to_disk``) and ``tokner_doc_consistency`` write ``Doc.ents``.
+* Optionally after the vote, the RAREDISEASE/SKINRAREDISEASE choice by document type
+  (:mod:`tokner.doctype`, component ``tokner_doc_type`` after ``tokner_ensemble``), its
+  probability threshold searched with the weights.
 * :func:`cross_fit`: choose member weights and the threshold on half of the documents,
   score on the other half, and the other way round, so a dev score of a combination is
   honest; ``tokner ensemble-search`` runs it on saved predictions
@@ -180,37 +183,62 @@ def candidate_settings(names: Sequence[str], weight_grid: Sequence[float] = (0.5
             yield w, t
 
 
+DOC_TYPE_THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _doc_typed(triples: List[Triple], p: Optional[float], threshold: Optional[float]) -> List[Triple]:
+    if threshold is None or p is None:
+        return triples
+    from tokner.doctype import relabel
+
+    return relabel(triples, p, threshold)
+
+
 def choose(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Sequence[str],
            consistency: Sequence[bool] = (False, True), weight_grid: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
-           by_boundary: Sequence[bool] = (False, True)):
-    """The setting (weights, threshold, by_boundary, consistency) with the best objective on these docs."""
+           by_boundary: Sequence[bool] = (False, True), doc_probs: Optional[Sequence[float]] = None,
+           doc_thresholds: Sequence[float] = DOC_TYPE_THRESHOLDS):
+    """The setting (weights, threshold, by_boundary, consistency, doc_type_threshold) with the
+    best objective on these docs. With ``doc_probs`` (each document's ``tokner_doc_type``
+    probability) the search also tries relabelling RAREDISEASE/SKINRAREDISEASE at each of
+    ``doc_thresholds`` after the vote (``doc_type_threshold`` None: not relabelled)."""
     names = list(members)
     spans = [{n: _triples(members[n][i]) for n in names} for i in range(len(gold))]
     texts = [g.text for g in gold]
+    dts: List[Optional[float]] = [None] + ([float(t) for t in doc_thresholds] if doc_probs is not None else [])
     best = None
     for (w, t), bb in itertools.product(candidate_settings(names, weight_grid), by_boundary):
         voted = [vote(s, w, t, bb) for s in spans]
         for cons in consistency:
             pred = [_consistent_in(texts[i], v) for i, v in enumerate(voted)] if cons else voted
-            sc = objective(f_scores(_counts(gold, pred, labels)))
-            if best is None or sc > best[0] + 1e-12:
-                best = (sc, {"weights": w, "threshold": t, "by_boundary": bb, "consistency": cons})
+            for dt in dts:
+                if dt is not None and cons:
+                    continue  # relabelling the whole group makes the group's consistency moot
+                final = pred if dt is None else [_doc_typed(v, doc_probs[i], dt) for i, v in enumerate(pred)]
+                sc = objective(f_scores(_counts(gold, final, labels)))
+                if best is None or sc > best[0] + 1e-12:
+                    best = (sc, {"weights": w, "threshold": t, "by_boundary": bb, "consistency": cons,
+                                 "doc_type_threshold": dt})
     return best[1]
 
 
-def predict(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], setting: Dict[str, Any]) -> List[List[Triple]]:
+def predict(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], setting: Dict[str, Any],
+            doc_probs: Optional[Sequence[float]] = None) -> List[List[Triple]]:
     out = []
+    dt = setting.get("doc_type_threshold")
+    if dt is not None and doc_probs is None:
+        raise ValueError("the setting relabels by document type (doc_type_threshold) but no document probabilities were given")
     for i, g in enumerate(gold):
         v = vote({n: _triples(members[n][i]) for n in members}, setting["weights"], setting["threshold"],
                  bool(setting.get("by_boundary", False)))
         if setting.get("consistency"):
             v = _consistent_in(g.text, v)
-        out.append(v)
+        out.append(_doc_typed(v, doc_probs[i] if doc_probs is not None else None, dt))
     return out
 
 
 def cross_fit(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Sequence[str], folds: int = 2,
-              **kw) -> Dict[str, Any]:
+              doc_probs: Optional[Sequence[float]] = None, **kw) -> Dict[str, Any]:
     """Choose on all folds but one, predict the held-out fold; the held-out predictions of
     every fold together are scored once (each document predicted by a setting chosen
     without it). Also returns the setting chosen on all documents (for the pipeline)."""
@@ -218,15 +246,21 @@ def cross_fit(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Se
     fold_of = [i * folds // n for i in range(n)]  # contiguous folds: documents in corpus order
     held: List[Optional[List[Triple]]] = [None] * n
     chosen = []
+
+    def sub(values, idx):
+        return None if values is None else [values[i] for i in idx]
+
     for f in range(folds):
         train = [i for i in range(n) if fold_of[i] != f]
         test = [i for i in range(n) if fold_of[i] == f]
-        setting = choose([gold[i] for i in train], {k: [v[i] for i in train] for k, v in members.items()}, labels, **kw)
+        setting = choose([gold[i] for i in train], {k: [v[i] for i in train] for k, v in members.items()}, labels,
+                         doc_probs=sub(doc_probs, train), **kw)
         chosen.append(setting)
-        for i, p in zip(test, predict([gold[i] for i in test], {k: [v[i] for i in test] for k, v in members.items()}, setting)):
+        for i, p in zip(test, predict([gold[i] for i in test], {k: [v[i] for i in test] for k, v in members.items()},
+                                      setting, doc_probs=sub(doc_probs, test))):
             held[i] = p
     return {"cross_fit": f_scores(_counts(gold, held, labels)), "fold_settings": chosen,
-            "setting_all": choose(gold, members, labels, **kw), "held_out": held}
+            "setting_all": choose(gold, members, labels, doc_probs=doc_probs, **kw), "held_out": held}
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,7 +279,7 @@ class DocConsistency(StatelessComponent):
         return apply_consistency(doc, self.groups)
 
 
-@Language.factory("tokner_doc_consistency", default_config={"groups": [list(g) for g in DEFAULT_GROUPS]})
+@Language.factory("tokner_doc_consistency", assigns=["doc.ents"], default_config={"groups": [list(g) for g in DEFAULT_GROUPS]})
 def make_doc_consistency(nlp: Language, name: str, groups: Optional[List[List[str]]]):
     """Unify the labels of same-text mentions within each document.
 
@@ -337,7 +371,7 @@ class EnsembleNER:
         return self
 
 
-@Language.factory("tokner_ensemble", default_config={"members": {}, "weights": {}, "threshold": 1.0,
+@Language.factory("tokner_ensemble", assigns=["doc.ents"], default_config={"members": {}, "weights": {}, "threshold": 1.0,
                                                      "by_boundary": False, "consistency": False})
 def make_ensemble(nlp: Language, name: str, members: Dict[str, str], weights: Dict[str, float], threshold: float,
                   by_boundary: bool, consistency: bool):
@@ -355,10 +389,12 @@ def make_ensemble(nlp: Language, name: str, members: Dict[str, str], weights: Di
     return EnsembleNER(nlp, name, members, weights, threshold, consistency, by_boundary)
 
 
-def build_ensemble(members: Dict[str, str], setting: Dict[str, Any]) -> Language:
+def build_ensemble(members: Dict[str, str], setting: Dict[str, Any], doc_type: Optional[str] = None) -> Language:
     """A pipeline (the paper's tokenizer and sentences, then ``tokner_ensemble``) voting over
     ``members`` (name -> pipeline folder) with ``setting`` (weights, threshold, consistency)
-    as chosen by :func:`cross_fit` on all documents."""
+    as chosen by :func:`cross_fit` on all documents; when the setting has a
+    ``doc_type_threshold``, then ``tokner_doc_type`` with the model of the pipeline at
+    ``doc_type`` (from ``tokner train-doc-type``) and that threshold."""
     import spacy
 
     nlp = spacy.blank("en", config={"nlp": {"tokenizer": {"@tokenizers": "tokner.PaperTokenizer.v1"}}})
@@ -368,5 +404,19 @@ def build_ensemble(members: Dict[str, str], setting: Dict[str, Any]) -> Language
         "weights": {k: float(setting["weights"].get(k, 0.0)) for k in members},
         "threshold": float(setting["threshold"]), "by_boundary": bool(setting.get("by_boundary", False)),
         "consistency": bool(setting.get("consistency", False))})
+    dt = setting.get("doc_type_threshold")
+    if dt is not None:
+        if doc_type is None:
+            raise ValueError("the setting relabels by document type (doc_type_threshold "
+                             f"{dt}): give the tokner train-doc-type pipeline it was searched with")
+        if not Path(doc_type).exists():
+            raise FileNotFoundError(f"no document-type pipeline at {doc_type}")
+        source = spacy.load(doc_type)
+        src = next((p for _, p in source.pipeline if type(p).__name__ == "DocType"), None)
+        if src is None:
+            raise ValueError(f"{doc_type}: no tokner_doc_type component (pipes: {source.pipe_names})")
+        pipe = nlp.add_pipe("tokner_doc_type", config={"cat": src.cat, "threshold": float(dt), "relabel": True,
+                                                        "pair": list(src.pair)})
+        pipe.from_bytes(src.to_bytes())
     nlp.initialize()
     return nlp
