@@ -13,7 +13,7 @@ LAYERS = [
     {"corpus"},
     {"scoring"},
     {"decoding"},
-    {"llm", "lora", "ensemble", "encoders"},
+    {"llm", "lora", "ensemble", "doctype", "encoders"},
     {"annotate", "cli", "workflow", "offline", "reference", "__main__", "__init__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -16,7 +16,8 @@ and ``utils``; ``tests/test_layers.py`` checks it):
 * ``decoding``: constrained decoding and KV caches, shared by the two LLM families;
 * methods: ``llm`` (prompted LLMs on spacy-llm), ``lora`` (the LoRA pipe and its
   training), ``ensemble`` (span voting over member pipelines, document consistency,
-  ``tokner ensemble-search``);
+  ``tokner ensemble-search``), ``doctype`` (the document-type relabelling,
+  ``tokner train-doc-type``);
 * running: ``annotate`` (``tokner annotate``, local and Ray), ``cli`` (the ``tokner``
   command), ``workflow`` (the project's workflows, timed), ``offline`` (materialises the
   offline models), ``reference`` (writes docs/reference.md);
@@ -28,6 +29,7 @@ from tokner.text.sentencizer import PaperSentencizer  # noqa: F401
 from tokner.scoring.scorer import PAPER_LABELS, ALL_LABELS, score_paper_ner  # noqa: F401
 from tokner.corpus import readers  # noqa: F401
 from tokner import ensemble  # noqa: F401  (registers tokner_ensemble, tokner_doc_consistency)
+from tokner import doctype  # noqa: F401  (registers tokner_doc_type; scikit-learn loads only to train or predict)
 from tokner import lora  # noqa: F401  (registers tokner_lora_ner; torch/peft load only with a model)
 
 try:  # spacy-llm is the optional `llm` extra
