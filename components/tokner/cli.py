@@ -255,10 +255,12 @@ def _cmd_ensemble_search(args) -> int:
     if args.doc_type:
         if not Path(args.doc_type).exists():
             raise SystemExit(f"--doc-type: no pipeline at {args.doc_type} (tokner train-doc-type writes one)")
-        doc_type_nlp = spacy.load(args.doc_type)
-        doc_type = next((p for _, p in doc_type_nlp.pipeline if type(p).__name__ == "DocType"), None)
-        if doc_type is None:
-            raise SystemExit(f"--doc-type {args.doc_type}: no tokner_doc_type component (pipes: {doc_type_nlp.pipe_names})")
+        from tokner.doctype import find_component
+
+        try:
+            doc_type = find_component(spacy.load(args.doc_type), f"--doc-type {args.doc_type}")
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
         doc_probs = doc_type.model.predict([g.text for g in gold])
 
     def held_docs(result):

@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import srsly
 from spacy.language import Language
 from spacy.tokens import Doc, Span
+from spacy.util import minibatch
 
 DEFAULT_PAIR = ("RAREDISEASE", "SKINRAREDISEASE")  # (other, positive)
 
@@ -159,14 +160,8 @@ class DocType:
         return self._apply([doc])[0]
 
     def pipe(self, stream, batch_size: int = 128):
-        batch: List[Doc] = []
-        for doc in stream:
-            batch.append(doc)
-            if len(batch) >= batch_size:
-                yield from self._apply(batch)
-                batch = []
-        if batch:
-            yield from self._apply(batch)
+        for batch in minibatch(stream, size=batch_size):
+            yield from self._apply(list(batch))
 
     def _apply(self, docs: List[Doc]) -> List[Doc]:
         for doc, p in zip(docs, self._model().predict([d.text for d in docs])):
@@ -211,6 +206,14 @@ def make_doc_type(nlp: Language, name: str, cat: str, threshold: float, relabel:
     Its weights come from ``tokner train-doc-type`` (the pipeline it saves).
     """
     return DocType(name, cat, threshold, relabel, pair)
+
+
+def find_component(nlp: Language, where: str) -> "DocType":
+    """The ``tokner_doc_type`` component of a pipeline (``where`` names it in the error)."""
+    for _, pipe in nlp.pipeline:
+        if isinstance(pipe, DocType):
+            return pipe
+    raise ValueError(f"{where}: no tokner_doc_type component (pipes: {nlp.pipe_names})")
 
 
 def build_pipeline(model: DocTypeModel, threshold: float = 0.5, relabel: bool = True) -> Language:

@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from spacy.language import Language
 from spacy.tokens import Doc
-from spacy.util import filter_spans
+from spacy.util import filter_spans, minibatch
 
 from tokner.text.pipes import StatelessComponent
 
@@ -330,14 +330,8 @@ class EnsembleNER:
         return out
 
     def pipe(self, stream, batch_size: int = 32):
-        batch: List[Doc] = []
-        for doc in stream:
-            batch.append(doc)
-            if len(batch) >= batch_size:
-                yield from self._run(batch)
-                batch = []
-        if batch:
-            yield from self._run(batch)
+        for batch in minibatch(stream, size=batch_size):
+            yield from self._run(list(batch))
 
     def __call__(self, doc: Doc) -> Doc:
         return self._run([doc])[0]
@@ -411,10 +405,9 @@ def build_ensemble(members: Dict[str, str], setting: Dict[str, Any], doc_type: O
                              f"{dt}): give the tokner train-doc-type pipeline it was searched with")
         if not Path(doc_type).exists():
             raise FileNotFoundError(f"no document-type pipeline at {doc_type}")
-        source = spacy.load(doc_type)
-        src = next((p for _, p in source.pipeline if type(p).__name__ == "DocType"), None)
-        if src is None:
-            raise ValueError(f"{doc_type}: no tokner_doc_type component (pipes: {source.pipe_names})")
+        from tokner.doctype import find_component
+
+        src = find_component(spacy.load(doc_type), str(doc_type))
         pipe = nlp.add_pipe("tokner_doc_type", config={"cat": src.cat, "threshold": float(dt), "relabel": True,
                                                         "pair": list(src.pair)})
         pipe.from_bytes(src.to_bytes())
