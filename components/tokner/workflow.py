@@ -132,11 +132,7 @@ def _schedule(steps, before, state, cond, jobs, worker, threads, t_start) -> Non
                 t = threading.Thread(target=worker, args=(step,), daemon=True)
                 threads.append(t)
                 t.start()
-            # A bounded wait: the kernel may deliver Ctrl-C/SIGINT to a worker thread (blocked in
-            # Popen.wait), and then a main thread blocked in an untimed wait never runs Python's
-            # handler until a step ends (seen: a test's SIGINT unanswered for 60 s while a 120 s
-            # step ran). Waking every half second lets the KeyboardInterrupt through.
-            cond.wait(timeout=0.5)
+            cond.wait()
 
 
 def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> int:
