@@ -124,9 +124,13 @@ def test_an_interrupt_stops_the_running_steps_and_keeps_the_finished_ones(tmp_pa
     import time
 
     (tmp_path / "project.yml").write_text(INTERRUPT_PROJECT)
+    # SIGINT as a terminal's Ctrl-C finds it: a test run started in the background of a
+    # non-interactive shell (`./.ci/run &`) has SIGINT ignored, and an ignored signal is
+    # inherited, so the runner would never see the interrupt (this test then hung 60 s).
     runner = subprocess.Popen([sys.executable, "-m", "tokner.workflow", "all", "--jobs", "2"], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={"PATH": "/usr/bin:/bin"})
+                              env={"PATH": "/usr/bin:/bin"},
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pid_file = tmp_path / "out" / "pid"
     deadline = time.time() + 60
     while not pid_file.exists() and time.time() < deadline:
