@@ -23,12 +23,11 @@ from pathlib import Path
 
 import spacy
 from spacy.tokens import DocBin
-from spacy.training import Example
 
 from tokner.cli import _load_aligned_predictions
 from tokner.doctype import DEFAULT_PAIR, doc_label, find_component, relabel
-from tokner.ensemble import set_ents
-from tokner.scoring.scorer import PAPER_LABELS, score_paper_ner
+from tokner.ensemble import paper_row, set_ents
+from tokner.scoring.scorer import PAPER_LABELS
 
 
 def main() -> None:
@@ -59,9 +58,7 @@ def main() -> None:
         return out
 
     def paper(docs):
-        s = score_paper_ner([Example(p, g) for p, g in zip(docs, gold)])
-        return {"avg": s["paper_avg_f"], "micro5": s["paper_micro5_f"],
-                **{t: s["spans_paper_per_type"][t]["f"] for t in PAPER_LABELS}}
+        return paper_row(gold, docs)
 
     skin = [{(e.start_char, e.end_char) for e in g.ents if e.label_ == DEFAULT_PAIR[1]} for g in gold]
     n_skin = sum(len(s) for s in skin)

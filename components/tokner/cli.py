@@ -237,16 +237,14 @@ def _cmd_ensemble_search(args) -> int:
     from spacy.tokens import DocBin
     from spacy.training import Example
 
-    from tokner.ensemble import apply_consistency, cross_fit, set_ents
+    from tokner.ensemble import apply_consistency, cross_fit, paper_row, set_ents
     from tokner.scoring.scorer import PAPER_LABELS, score_paper_ner
 
     nlp = spacy.blank("en")
     gold, members = _load_aligned_predictions(args.gold, args.members, nlp)
 
     def paper(pred_docs):
-        s = score_paper_ner([Example(p, g) for p, g in zip(pred_docs, gold)])
-        return {"avg": s["paper_avg_f"], "micro5": s["paper_micro5_f"],
-                **{t: s["spans_paper_per_type"][t]["f"] for t in PAPER_LABELS}}
+        return paper_row(gold, pred_docs)
 
     def copy(doc):
         return DocBin(store_user_data=False, docs=[doc]).get_docs(nlp.vocab).__next__()

@@ -168,6 +168,17 @@ def f_scores(counts: Dict[str, List[int]]) -> Dict[str, float]:
     return {"avg": sum(per.values()) / len(per), "micro": f(*tot), **per}
 
 
+def paper_row(gold: Sequence[Doc], pred: Sequence[Doc]) -> Dict[str, float]:
+    """A reported row: Avg-5, micro-5 and per-type F1 of predicted Docs by the paper's scorer."""
+    from spacy.training import Example
+
+    from tokner.scoring.scorer import PAPER_LABELS, score_paper_ner
+
+    s = score_paper_ner([Example(p, g) for p, g in zip(pred, gold)])
+    return {"avg": s["paper_avg_f"], "micro5": s["paper_micro5_f"],
+            **{t: s["spans_paper_per_type"][t]["f"] for t in PAPER_LABELS}}
+
+
 def objective(scores: Dict[str, float]) -> float:
     """What the checkpoints of this project are chosen on: 0.5 micro-5 + 0.5 Avg."""
     return 0.5 * scores["micro"] + 0.5 * scores["avg"]
