@@ -22,11 +22,10 @@ import json
 from pathlib import Path
 
 import spacy
-from spacy.tokens import DocBin
 
 from tokner.cli import _load_aligned_predictions
 from tokner.doctype import DEFAULT_PAIR, doc_label, find_component, relabel
-from tokner.ensemble import paper_row, set_ents
+from tokner.ensemble import copy_doc as copy, paper_row, set_ents
 from tokner.scoring.scorer import PAPER_LABELS
 
 
@@ -46,9 +45,6 @@ def main() -> None:
     if args.doc_type:
         probs = find_component(spacy.load(args.doc_type), f"--doc-type {args.doc_type}").model.predict(
             [g.text for g in gold])
-
-    def copy(doc):
-        return next(DocBin(store_user_data=False, docs=[doc]).get_docs(nlp.vocab))
 
     def relabelled(docs, ps, threshold):
         out = []

@@ -7,7 +7,7 @@ import pytest
 import spacy
 from spacy.tokens import Doc, DocBin, Span
 
-from tokner.ensemble import consistent_labels, cross_fit, vote
+from tokner.ensemble import consistent_labels, copy_doc, cross_fit, set_ents, vote
 from tokner.scoring.scorer import PAPER_LABELS
 
 
@@ -26,6 +26,21 @@ def test_vote_keeps_spans_that_reach_the_threshold_without_overlaps():
     # by boundary: (0, 2) has three votes whatever the label, and DISEASE the most weight
     assert vote({"a": a, "b": b, "c": c}, w, 3.0, by_boundary=True) == [(0, 2, "DISEASE")]
     assert vote({"a": a, "b": b, "c": c}, {"a": 0.5, "b": 0.5, "c": 2.0}, 3.0, by_boundary=True) == [(0, 2, "RAREDISEASE")]
+
+
+def test_copy_doc_is_independent_of_the_original():
+    nlp = spacy.blank("en")
+    doc = nlp("Patients with ichthyosis have dry skin.")
+    doc.ents = [Span(doc, 2, 3, "SKINRAREDISEASE"), Span(doc, 4, 6, "SIGN")]
+    doc.user_data["note"] = 1
+    twin = copy_doc(doc)
+    assert twin is not doc and twin.vocab is doc.vocab
+    assert [t.text for t in twin] == [t.text for t in doc]
+    assert [(e.start_char, e.end_char, e.label_) for e in twin.ents] == [(14, 24, "SKINRAREDISEASE"), (30, 38, "SIGN")]
+    assert twin.user_data == {}
+    set_ents(twin, [(14, 24, "RAREDISEASE")])
+    assert [e.label_ for e in twin.ents] == ["RAREDISEASE"]
+    assert [e.label_ for e in doc.ents] == ["SKINRAREDISEASE", "SIGN"]
 
 
 def test_consistency_unifies_same_text_mentions_within_a_group():

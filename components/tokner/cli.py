@@ -237,7 +237,7 @@ def _cmd_ensemble_search(args) -> int:
     from spacy.tokens import DocBin
     from spacy.training import Example
 
-    from tokner.ensemble import apply_consistency, cross_fit, paper_row, set_ents
+    from tokner.ensemble import apply_consistency, copy_doc as copy, cross_fit, paper_row, set_ents
     from tokner.scoring.scorer import PAPER_LABELS, score_paper_ner
 
     nlp = spacy.blank("en")
@@ -245,9 +245,6 @@ def _cmd_ensemble_search(args) -> int:
 
     def paper(pred_docs):
         return paper_row(gold, pred_docs)
-
-    def copy(doc):
-        return DocBin(store_user_data=False, docs=[doc]).get_docs(nlp.vocab).__next__()
 
     doc_probs = None
     if args.doc_type:

@@ -168,6 +168,14 @@ def f_scores(counts: Dict[str, List[int]]) -> Dict[str, float]:
     return {"avg": sum(per.values()) / len(per), "micro": f(*tot), **per}
 
 
+def copy_doc(doc: Doc) -> Doc:
+    """A copy of ``doc`` (its text, tokens, annotations and entities; not ``user_data``) to
+    relabel without touching the original, through a DocBin round trip."""
+    from spacy.tokens import DocBin
+
+    return next(DocBin(store_user_data=False, docs=[doc]).get_docs(doc.vocab))
+
+
 def paper_row(gold: Sequence[Doc], pred: Sequence[Doc]) -> Dict[str, float]:
     """A reported row: Avg-5, micro-5 and per-type F1 of predicted Docs by the paper's scorer."""
     from spacy.training import Example
