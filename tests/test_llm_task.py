@@ -262,6 +262,38 @@ def test_fixed_and_similar_examples_and_passages(tmp_path):
     assert "connective" in kb.select_many([["Marfan", "syndrome"]])[0][0]
 
 
+def test_rag_prompts_share_the_instruction_prefix(tmp_path):
+    """Template v2: the fixed instruction first, then the retrieved passages, so every RAG
+    prompt starts with the same text (computed once by a local model, cached by a server);
+    without passages v1 and v2 render the same prompt."""
+    from tokner.decoding.constrained import common_prefix
+    from tokner.llm import read_template
+
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Marfan syndrome is a disorder of connective tissue. " * 3)
+    (folder / "b.txt").write_text("Joint pain is called arthralgia. " * 3)
+    knowledge = {"@llm_misc": "tokner.KnowledgePassages.v1", "folder": str(folder), "k": 1,
+                 "index": {"@llm_misc": "tokner.BM25Index.v1"}, "chunk_words": 8, "stride": 4}
+    nlp = make_nlp({"@llm_models": "tokner.ReplayModel.v1", "path": None}, task_extra={"knowledge": knowledge})
+    nlp.initialize()
+    task = nlp.get_pipe("llm").task
+    doc = nlp.get_pipe("tokner_sentencizer")(nlp.make_doc(TEXT))
+    prompts = [str(p) for p in next(iter(task.generate_prompts([doc])))[0]]
+    assert len(prompts) == 3 and len(set(prompts)) == 3
+    instruction = prompts[0].split("Background knowledge")[0]
+    assert instruction.startswith("You are a medical expert") and instruction.rstrip().endswith("write nothing else.")
+    assert common_prefix([list(p) for p in prompts], keep=0) >= len(instruction)
+    assert "arthralgia" in prompts[0]  # "joint pain" retrieves its passage
+    for p in prompts:
+        assert p.index("write nothing else.") < p.index("Background knowledge") < p.index("---") < p.index("Input:")
+    zero = make_nlp({"@llm_models": "tokner.ReplayModel.v1", "path": None},
+                    task_extra={"template": read_template("token_ner.v1")}).get_pipe("llm").task
+    default = make_nlp({"@llm_models": "tokner.ReplayModel.v1", "path": None}).get_pipe("llm").task
+    assert [str(p) for p in next(iter(zero.generate_prompts([doc])))[0]] == \
+        [str(p) for p in next(iter(default.generate_prompts([doc])))[0]]
+
+
 def test_few_shot_task_serialises_examples(tmp_path):
     nlp0 = make_nlp({"@llm_models": "tokner.ReplayModel.v1", "path": None})
     gold = toy_gold(nlp0)

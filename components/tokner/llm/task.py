@@ -8,7 +8,7 @@ to the Doc's own tokens (:func:`tokner.answers.align.align_answer`), so ``Doc.en
 always sit on exact token boundaries, whatever the model wrote.
 
 Like spacy-llm's built-in tasks, the pieces are swappable from the config: the
-Jinja template (``template``, default ``templates/token_ner.v1.jinja``), the
+Jinja template (``template``, default ``templates/token_ner.v2.jinja``), the
 response parser (``parse_responses``), the scorer (``scorer``, default
 ``tokner.paper_ner_scorer.v1``), demonstrations (``examples``: fixed or
 retrieved) and knowledge passages (``knowledge``). Each sentence is one "shard"
@@ -61,7 +61,7 @@ DEFAULT_LABEL_DEFINITIONS: Dict[str, str] = {
 }
 
 
-def read_template(name: str = "token_ner.v1") -> str:
+def read_template(name: str = "token_ner.v2") -> str:
     """A template shipped with tokner (``templates/NAME.jinja``)."""
     path = TEMPLATE_DIR / f"{name}.jinja"
     if not path.exists():
@@ -69,7 +69,12 @@ def read_template(name: str = "token_ner.v1") -> str:
     return path.read_text(encoding="utf-8")
 
 
-DEFAULT_TEMPLATE = read_template("token_ner.v1")
+# v2 puts the fixed instruction before the knowledge passages (v1 had them first), so every
+# prompt starts with the same ~390 tokens (SmolLM2 chat template) that a local model computes
+# once (``share_head``) and a server's prefix cache keeps; without passages the two render
+# the same prompt. RAG prompts on the first 55 dev sentences: shared prefix 45 -> ~390 of
+# ~995 tokens per prompt (benchmarks/llm_eval.py timings in docs/methods.md).
+DEFAULT_TEMPLATE = read_template("token_ner.v2")
 
 
 class TokenPrompt(str):
