@@ -120,3 +120,46 @@ def test_a_pipeline_trained_with_token_windows_loads_with_wordpiece_windows(tiny
     for doc in nlp.pipe(texts):
         assert 32 < max(doc._.trf_data.wordpieces.lengths) <= 40
         assert all(e.label_ in nlp.get_pipe("ner").labels for e in doc.ents)
+
+
+def _autocast_hooked(torch_model) -> bool:
+    from tokner.encoders.spans import _CpuAutocast
+
+    return any(isinstance(getattr(h, "__self__", None), _CpuAutocast) for h in torch_model._forward_pre_hooks.values())
+
+
+def test_cpu_autocast_trains_in_bf16_with_float32_weights_and_outputs(tiny_corpus, tmp_path):
+    import torch
+
+    words = [t.text for d in DocBin().from_disk(tiny_corpus["train"]).get_docs(spacy.blank("en").vocab) for t in d]
+    encoder = make_tiny_bert(tmp_path / "tiny-bert", words)
+    best = _train(BERT_CFG, tmp_path / "bert", tiny_corpus, **{
+        "paths.transformer": str(encoder), "training.optimizer.learn_rate.warmup_steps": 2,
+        "components.transformer.model.cpu_autocast": "bfloat16"})
+    nlp = spacy.load(best)
+    assert nlp.config["components"]["transformer"]["model"]["cpu_autocast"] == "bfloat16"
+    trf = nlp.get_pipe("transformer")
+    texts = [d.text for d in DocBin().from_disk(tiny_corpus["dev"]).get_docs(nlp.vocab)]
+    seen = []
+    docs = list(nlp.pipe(texts[:1]))  # the first call hooks the loaded encoder
+    torch_model = trf.model.layers[0].shims[0]._model
+    assert _autocast_hooked(torch_model)
+    linear = next(m for m in torch_model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    docs = list(nlp.pipe(texts))
+    assert seen and set(seen) == {torch.bfloat16}  # the matmuls ran in bf16
+    assert all(p.dtype == torch.float32 for p in torch_model.parameters())
+    assert all(t.dtype == "float32" for d in docs for t in d._.trf_data.tensors)
+    assert not torch.is_autocast_cpu_enabled()  # autocast ends with the forward pass
+    # the saved pipeline predicts the same; a copy of the model (as listener replacement makes) autocasts itself
+    nlp.to_disk(tmp_path / "copy")
+    assert _ents(spacy.load(tmp_path / "copy"), texts) == _ents(nlp, texts)
+    twin = trf.model.copy()
+    twin_module = twin.layers[0].shims[0]._model
+    assert twin_module is not torch_model and _autocast_hooked(twin_module)
+    # float32 (the default) leaves the encoder alone; a bad value is a clear error
+    plain = spacy.load(best, config={"components.transformer.model.cpu_autocast": "float32"})
+    list(plain.pipe(texts[:1]))
+    assert not _autocast_hooked(plain.get_pipe("transformer").model.layers[0].shims[0]._model)
+    with pytest.raises(ValueError, match="cpu_autocast must be one of"):
+        spacy.load(best, config={"components.transformer.model.cpu_autocast": "bf16"})
