@@ -27,6 +27,7 @@ def main() -> int:
     p.add_argument("--settings", default="float32,bfloat16")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--attention", default="auto", help="[lora] attention: auto (eager on a CPU), eager or sdpa")
+    p.add_argument("--dropout", type=float, default=None, help="[lora] dropout (default: the config's)")
     p.add_argument("--output")
     args = p.parse_args()
 
@@ -36,13 +37,16 @@ def main() -> int:
     from tokner.lora.train import train
 
     torch.set_num_threads(args.threads)
-    results = {"steps": args.steps, "threads": args.threads, "attention": args.attention, "native_bf16": cpu_has_native_bf16(), "runs": {}}
+    results = {"steps": args.steps, "threads": args.threads, "attention": args.attention, "dropout": args.dropout,
+               "native_bf16": cpu_has_native_bf16(), "runs": {}}
     for setting in args.settings.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             overrides = {"paths.train": args.train, "paths.dev": "", "paths.base_model": args.base_model,
                          "lora.max_steps": args.steps, "lora.max_minutes": 0, "lora.eval_every": 0,
                          "lora.save_every": 0, "lora.autocast": setting, "lora.torch_threads": args.threads,
                          "lora.warmup_steps": 0, "lora.attention": args.attention}
+            if args.dropout is not None:
+                overrides["lora.dropout"] = args.dropout
             t0 = time.perf_counter()
             summary = train(args.config, Path(tmp) / "out", overrides, progress=False)
             wall = time.perf_counter() - t0

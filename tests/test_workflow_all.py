@@ -45,7 +45,7 @@ def tiny_project(tmp_path_factory, brat_train, brat_dev):
     overrides = {
         "raredis_dir": data, "transformer": bert, "minilm": bert, "llm_model": llama, "lora_base_model": llama,
         "cnn_max_steps": 4, "cnn_eval_frequency": 2, "bert_max_steps": 2, "bert_eval_frequency": 2,
-        "lora_max_minutes": 0.02, "lora_eval_docs": 1, "lora_free_docs": 1, "lora_eval_dtype": "float32",
+        "lora_max_minutes": 0.02, "lora_eval_docs": 1, "lora_free_docs": 0, "lora_eval_dtype": "float32",
         "llm_max_sentences": 2,
     }
     args = [a for k, v in overrides.items() for a in (f"--vars.{k}", str(v))]
@@ -92,8 +92,13 @@ def test_compare_writes_table_chart_and_html(tiny_project):
     assert (proj / "reports" / "f1_by_type.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (proj / "reports" / "errors.html").read_text(encoding="utf-8")
     assert html.count("<h2>") == 2  # one per dev document
-    for method in ("cnn", "bert", "zero-shot", "rag", "lora-constrained"):
+    for method in ("cnn", "bert", "zero-shot", "rag", "lora-constrained", "lora-free"):
         assert f">{method}</th>" in html, method
+    # the trained pipelines' rows, free generation included, are scored on all of dev (2 docs
+    # here; the prompted rows stop at llm_max_sentences)
+    rows = {line.split(" (dev) |")[0].lstrip("| "): line for line in table.splitlines() if " (dev) |" in line}
+    for method in ("cnn", "cnn-vectors", "bert", "lora-constrained", "lora-free", "ensemble"):
+        assert rows[method].rstrip().endswith("| 2 docs |"), rows[method]
 
 
 def test_every_method_scored_with_the_paper_metric(tiny_project):
@@ -101,6 +106,8 @@ def test_every_method_scored_with_the_paper_metric(tiny_project):
     names = {"cnn": "cnn-dev", "cnn-vectors": "cnn_vectors-dev", "bert": "bert-dev", "zero-shot": "llm_zero-dev", "few-shot": "llm_few-dev",
              "rag": "llm_rag-dev", "lora-constrained": "lora-dev", "lora-free": "lora-free-dev",
              "ensemble": "ensemble-dev"}
+    from spacy.tokens import DocBin
+
     checked = []
     for method, stem in names.items():
         scores = json.loads((proj / "metrics" / f"{stem}.json").read_text())
@@ -114,6 +121,10 @@ def test_every_method_scored_with_the_paper_metric(tiny_project):
             assert scores["paper_micro5_f"] == pytest.approx(ref[2]), method
             checked.append(method)
     assert {"zero-shot", "few-shot", "rag", "ensemble"} <= set(checked), checked
+    # free generation is scored on all of dev, its predictions saved for compare
+    free = json.loads((proj / "metrics" / "lora-free-dev.json").read_text())
+    assert free["docs"] == 2
+    assert len(DocBin().from_disk(proj / "metrics" / "lora-free-dev.spacy")) == 2
     # the voting pipeline, its members inside, gives what the chosen setting gives on the
     # members' saved predictions (the LoRA row decodes in float32 here, as the saved member does)
     import spacy
