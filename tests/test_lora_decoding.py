@@ -12,7 +12,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import spacy  # noqa: E402
 
-from tokner.decoding.constrained import chunk_width, constrained_decode  # noqa: E402
+from tokner.decoding.constrained import chunk_width, constrained_decode, free_generate  # noqa: E402
 from tokner.lora.prompt import PromptCodec, allowed_tags, bio_tags  # noqa: E402
 from tokner.scoring.scorer import ALL_LABELS  # noqa: E402
 from tokner.answers.tags import doc_tags  # noqa: E402
@@ -258,3 +258,33 @@ def test_doc_spans_have_exact_offsets(lora_nlp, tokenizer, seed, scale, text):
         assert len(sent_ids) == 1  # no entity crosses a sentence start
     scores = doc.spans["lora"].attrs["scores"]
     assert len(scores) == len(doc.ents) and all(0.0 < s <= 1.0 + 1e-6 for s in scores)
+
+
+def newline_looper(tokenizer):
+    """A tiny llama whose greedy answer is newlines forever: the residual branches are zero,
+    every token embeds to the same vector u, and only the newline's output row is non-zero (u),
+    so the newline's logit is |u| > 0 and every other logit is 0 at every position."""
+    model = tiny_llama(len(tokenizer), seed=0)
+    (nl,) = tokenizer.encode("\n", add_special_tokens=False)
+    u = torch.linspace(0.5, 1.5, model.config.hidden_size)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.copy_(u.expand_as(model.model.embed_tokens.weight))
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[nl] = u
+    return model
+
+
+def test_free_generation_stops_a_looping_row_at_one_line_per_word(tokenizer):
+    codec = PromptCodec(tokenizer, ALL_LABELS)
+    model = newline_looper(tokenizer)
+    sents = [["Alport", "syndrome", "causes", "hearing", "loss", "."], ["Pain", "."], ["x"]]
+    out, stats = free_generate(model, codec, sents, batch_size=3)
+    # each row stops at its n-th newline, not at max_new_tokens (6 words: 48 tokens here)
+    assert [a.count("\n") for a in stats.answers] == [6, 2, 1]
+    assert set(stats.answers) <= {"\n" * 6, "\n" * 2, "\n"}
+    assert stats.line_stops == 3
+    assert stats.model_calls == 6  # the batch ends with its longest sentence's sixth line
+    assert [len(tags) for tags, _ in out] == [6, 2, 1]
