@@ -8,7 +8,8 @@ reference a Hugging Face user would run: the encoder's weights under a
 ``AutoModelForTokenClassification`` head (one output per BIO tag; the head's
 weights do not change the cost), the pipeline's own tokenizer, the same
 128-wordpiece windows with 16 wordpieces of overlap (``stride=16``), and
-``aggregation_strategy="simple"``. It reports the ratio spaCy / reference.
+``aggregation_strategy="simple"``, and the same CPU precision (the pipeline's
+``cpu_autocast``). It reports the ratio spaCy / reference.
 
 Words are the split's non-whitespace tokens (the paper's tokens), as in
 ``python -m tokner evaluate``. Every timing is preceded by an untimed warm-up batch
@@ -79,10 +80,28 @@ def hf_reference(nlp, labels: Sequence[str], device: int):
     if any(not k.startswith("pooler.") for k in unexpected) or missing:
         raise RuntimeError(f"encoder weights do not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}")
     model.eval()
+    precision = encoder_precision(nlp, device)
+    if precision != "float32":  # the same CPU autocast as the spaCy pipeline's encoder
+        from tokner.encoders.spans import autocast_module
+
+        autocast_module(model, precision)
     tokenizer.model_max_length = window
     pipe = pipeline("token-classification", model=model, tokenizer=tokenizer, device=device,
                     aggregation_strategy="simple", stride=max(overlap, 1))
-    return pipe, {"window": window, "overlap": overlap, "num_labels": len(tags)}
+    return pipe, {"window": window, "overlap": overlap, "num_labels": len(tags), "precision": precision}
+
+
+def encoder_precision(nlp, device: int) -> str:
+    """The dtype the spaCy pipeline's encoder computes in on a CPU (its ``cpu_autocast``,
+    "fastest" resolved for this CPU); "float32" on a GPU or without the setting."""
+    setting = nlp.config["components"]["transformer"]["model"].get("cpu_autocast", "float32")
+    if device >= 0 or setting == "float32":
+        return "float32"
+    if setting == "fastest":
+        from tokner.utils.hardware import cpu_has_native_bf16
+
+        return "bfloat16" if cpu_has_native_bf16() else "float32"
+    return setting
 
 
 def time_hf(pipe, texts: Sequence[str], n_words: int, batch_size: int, repeats: int) -> Dict:
