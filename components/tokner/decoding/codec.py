@@ -45,6 +45,7 @@ class LabelCodec:
             raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no eos token")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self._piece_cache: Dict[Tuple[str, bool], List[int]] = {}
+        self._newlines = None
         self.tag_ids: Dict[str, List[int]] = {t: self.encode(" " + t) for t in self.tags}
         self.trie = self._build_trie()
 
@@ -60,6 +61,15 @@ class LabelCodec:
             if len(self._piece_cache) < 200_000:
                 self._piece_cache[key] = ids
         return ids
+
+    def newline_counts(self):
+        """Newlines in each token id's text, a tensor over the vocabulary (computed once)."""
+        if self._newlines is None:
+            import torch
+
+            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            self._newlines = torch.tensor([t.count("\n") for t in texts], dtype=torch.long)
+        return self._newlines
 
     def answer_ids(self, words: Sequence[str], tags: Sequence[str]) -> Tuple[List[int], List[bool]]:
         """Ids of the full answer (``eos`` last) and a mask that is True on tag tokens."""

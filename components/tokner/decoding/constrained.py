@@ -22,7 +22,7 @@ argmax, a prior correction for types the model under-predicts.
 
 Free generation (the paper's setting): greedy ``generate`` of the whole answer,
 parsed and aligned to the words by :func:`tokner.answers.align.align_answer`. A row
-stops at its ``n``-th newline for a sentence of ``n`` words (:class:`AnswerLines`): a
+stops at its ``n``-th newline for a sentence of ``n`` words (:func:`answer_lines`): a
 complete answer has ``n`` lines, so what would follow is surplus. Without it, a row that
 loops over lines runs to ``max_new_tokens`` and holds its whole batch (LoRA pipe, dev
 batch of the 32 longest sentences: 6 rows without EOS, 1,099 steps for a median answer of
@@ -55,7 +55,7 @@ class DecodeStats:
     well_formed: int = 0  # free generation: answers that aligned fully
     nonfinite: int = 0  # constrained: decisions with NaN/inf logits (first allowed label taken)
     head_tokens: int = 0  # constrained: prompt ids computed once and shared by every row
-    line_stops: int = 0  # free generation: rows stopped at their n-th newline (:class:`AnswerLines`)
+    line_stops: int = 0  # free generation: rows stopped at their n-th newline (:func:`answer_lines`)
     answers: List[str] = field(default_factory=list)
 
     def merge(self, other: "DecodeStats") -> None:
@@ -578,34 +578,24 @@ def answer_token_budget(codec: LabelCodec, words: Sequence[str], factor: float =
     return int(math.ceil(n * factor))
 
 
-def newline_counts(codec: LabelCodec):
-    """Newlines in each token id's text (a tensor over the vocabulary), computed once per codec."""
+def answer_lines(counts, limits):
+    """A ``transformers.StoppingCriteria``: row ``b`` is done once its generated tokens hold
+    ``limits[b]`` newlines (``counts``: newlines per token id, :meth:`LabelCodec.newline_counts`).
+    One answer line per word, so ``n`` newlines mean ``n`` complete lines and the start of a
+    surplus one; a row that ends with EOS first is unaffected. ``.seen`` holds each row's count."""
     import torch
+    from transformers import StoppingCriteria
 
-    counts = getattr(codec, "_newline_counts", None)
-    if counts is None:
-        tok = codec.tokenizer
-        counts = torch.tensor([tok.decode([i]).count("\n") for i in range(len(tok))], dtype=torch.long)
-        codec._newline_counts = counts
-    return counts
+    class AnswerLines(StoppingCriteria):
+        def __init__(self):
+            self.limits = torch.as_tensor(limits, dtype=torch.long)
+            self.seen = torch.zeros_like(self.limits)
 
+        def __call__(self, input_ids, scores, **kwargs):
+            self.seen = self.seen + counts[input_ids[:, -1].cpu()]
+            return (self.seen >= self.limits).to(input_ids.device)
 
-class AnswerLines:
-    """A ``transformers`` stopping criterion: row ``b`` is done once its generated tokens hold
-    ``limits[b]`` newlines (one answer line per word: ``n`` newlines mean ``n`` complete lines
-    and the start of a surplus one). Rows that end with EOS first are unaffected."""
-
-    def __init__(self, counts, limits):
-        import torch
-
-        self.counts = counts
-        self.limits = torch.as_tensor(limits, dtype=torch.long)
-        self.seen = torch.zeros_like(self.limits)
-
-    def __call__(self, input_ids, scores, **kwargs):
-        last = input_ids[:, -1].to(self.counts.device)
-        self.seen = self.seen + self.counts[last].to(self.seen.device)
-        return (self.seen >= self.limits).to(input_ids.device)
+    return AnswerLines()
 
 
 def free_generate(model, codec: LabelCodec, sentences: Sequence[Sequence[str]], batch_size: int = 8,
@@ -642,7 +632,7 @@ def free_generate(model, codec: LabelCodec, sentences: Sequence[Sequence[str]], 
             ids[b, width - len(p):] = torch.tensor(p)
             att[b, width - len(p):] = 1
         budget = max(answer_token_budget(codec, sentences[i], max_new_tokens_factor) for i in idx)
-        lines = AnswerLines(newline_counts(codec), [len(sentences[i]) for i in idx])
+        lines = answer_lines(codec.newline_counts(), [len(sentences[i]) for i in idx])
         with torch.inference_mode():
             out = model.generate(
                 input_ids=ids.to(device), attention_mask=att.to(device), max_new_tokens=budget, do_sample=False,
