@@ -163,3 +163,56 @@ def test_cpu_autocast_trains_in_bf16_with_float32_weights_and_outputs(tiny_corpu
     assert not _autocast_hooked(plain.get_pipe("transformer").model.layers[0].shims[0]._model)
     with pytest.raises(ValueError, match="cpu_autocast must be one of"):
         spacy.load(best, config={"components.transformer.model.cpu_autocast": "bf16"})
+
+
+def test_plan_groups_minimises_padding_plus_a_cost_per_group():
+    from tokner.encoders.buckets import plan_groups
+
+    lengths = [10, 100, 12, 98]
+    # every group costs rows x longest + overhead: two groups (24 + 200 + 2 x 50) beat one (400 + 50)
+    # and four (220 + 4 x 50)
+    assert [list(g) for g in plan_groups(lengths, overhead=50)] == [[0, 2], [3, 1]]
+    assert [list(g) for g in plan_groups(lengths, overhead=1000)] == [[0, 2, 3, 1]]
+    assert [list(g) for g in plan_groups(lengths, overhead=0)] == [[0], [2], [3], [1]]
+    assert plan_groups([], overhead=50) == []
+
+
+def test_length_groups_predict_what_one_padded_batch_predicts_with_less_padding(tiny_corpus, tmp_path):
+    import numpy
+
+    words = [t.text for d in DocBin().from_disk(tiny_corpus["train"]).get_docs(spacy.blank("en").vocab) for t in d]
+    encoder = make_tiny_bert(tmp_path / "tiny-bert", words)
+    best = _train(BERT_CFG, tmp_path / "bert", tiny_corpus, **{
+        "paths.transformer": str(encoder), "training.optimizer.learn_rate.warmup_steps": 2,
+        "components.transformer.model.cpu_autocast": "float32",
+        "components.transformer.model.get_spans.window": 48,
+        "components.transformer.model.get_spans.stride": 40})
+    texts = [d.text for d in DocBin().from_disk(tiny_corpus["dev"]).get_docs(spacy.blank("en").vocab)]
+    runs = {}
+    for groups in (False, True):
+        nlp = spacy.load(best, config={"components.transformer.model.length_groups": groups,
+                                       "components.transformer.model.group_overhead": 0})
+        widths = []
+        list(nlp.pipe(texts[:1]))  # loads the encoder
+        torch_model = nlp.get_pipe("transformer").model.layers[0].shims[0]._model
+        torch_model.register_forward_pre_hook(lambda m, a, kw: widths.append(tuple(kw["input_ids"].shape)),
+                                              with_kwargs=True)
+        docs = list(nlp.pipe(texts, batch_size=len(texts)))
+        runs[groups] = (docs, widths)
+    plain, grouped = runs[False][0], runs[True][0]
+    lengths = [n for d in plain for n in d._.trf_data.wordpieces.lengths]
+    assert runs[False][1] == [(len(lengths), max(lengths))]  # one call, padded to the longest window
+    # one call per distinct length (group_overhead 0), each as wide as its own windows
+    assert sorted(runs[True][1]) == sorted((lengths.count(n), n) for n in set(lengths))
+    assert sum(r * w for r, w in runs[True][1]) == sum(lengths) < len(lengths) * max(lengths)
+    assert [[(e.start_char, e.end_char, e.label_) for e in d.ents] for d in grouped] == \
+        [[(e.start_char, e.end_char, e.label_) for e in d.ents] for d in plain]
+    for a, b in zip(plain, grouped):
+        ta, tb = a._.trf_data, b._.trf_data
+        assert ta.tensors[0].shape == tb.tensors[0].shape  # the batch's padded width is kept
+        rows = ta.align.data.ravel()
+        width = ta.tensors[0].shape[-1]
+        numpy.testing.assert_allclose(ta.tensors[0].reshape(-1, width)[rows], tb.tensors[0].reshape(-1, width)[rows],
+                                      atol=1e-5)
+        for extra_a, extra_b in zip(ta.tensors[1:], tb.tensors[1:]):  # the pooler output, per window
+            numpy.testing.assert_allclose(extra_a, extra_b, atol=1e-5)

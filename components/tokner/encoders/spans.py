@@ -28,6 +28,8 @@ from spacy_transformers.architectures import create_TransformerModel_v3
 from spacy_transformers.util import registry as trf_registry
 from spacy.util import registry
 
+from tokner.encoders.buckets import GROUP_OVERHEAD, grouped_forward
+
 
 class WordpieceSpans:
     """A span getter: windows of at most ``window`` wordpieces (special tokens included),
@@ -194,7 +196,8 @@ def _with_cpu_autocast(model, dtype: str):
 @registry.architectures("tokner.TransformerModel.v1")
 def make_transformer_model(name: str, get_spans: Callable, tokenizer_config: Dict = {},
                            transformer_config: Dict = {}, mixed_precision: bool = False,
-                           grad_scaler_config: Dict = {}, cpu_autocast: str = "float32"):
+                           grad_scaler_config: Dict = {}, cpu_autocast: str = "float32",
+                           length_groups: bool = True, group_overhead: int = GROUP_OVERHEAD):
     """spacy-transformers' ``TransformerModel.v3`` (same arguments, same weights on disk),
     which also hands itself to a span getter that needs its tokenizer (one with a
     ``bind`` method, such as ``tokner.wordpiece_spans.v1``), and can run the encoder in
@@ -213,6 +216,11 @@ def make_transformer_model(name: str, get_spans: Callable, tokenizer_config: Dic
         ``tokner.utils.hardware``). Weights, optimizer and outputs stay float32. On a
         2-core AMD EPYC (AVX512-BF16), all-MiniLM-L6-v2 forward + backward over 32 x 128
         wordpieces, one thread: 3.9-4.4 s float32, 2.4 s bfloat16.
+    length_groups: when predicting, encode a batch's windows in groups of similar length,
+        each padded to its own longest window instead of the batch's (same windows, same
+        predictions, less padding; :mod:`tokner.encoders.buckets`). Training is unchanged.
+    group_overhead: a group's fixed cost in padded positions, which sets how many groups
+        a batch is cut into.
     """
     if cpu_autocast not in CPU_AUTOCAST:
         raise ValueError(f"tokner.TransformerModel.v1: cpu_autocast must be one of {', '.join(CPU_AUTOCAST)}, "
@@ -221,6 +229,9 @@ def make_transformer_model(name: str, get_spans: Callable, tokenizer_config: Dic
                                        mixed_precision, grad_scaler_config)
     if hasattr(get_spans, "bind"):
         get_spans.bind(model)
+    if length_groups:
+        encoder = model.layers[0]
+        encoder._func = grouped_forward(encoder._func, group_overhead)
     if cpu_autocast == "fastest":
         from tokner.utils.hardware import cpu_has_native_bf16
 
