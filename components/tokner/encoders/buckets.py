@@ -2,12 +2,12 @@
 
 spacy-transformers pads every window of a batch to the batch's longest window, and the
 encoder computes every padded position. With ``strided_spans.v1`` (windows of 128 spaCy
-tokens) the RareDis dev windows hold 120 wordpieces on average but up to 207: with 32
-documents per batch, 24,222 real wordpieces become 37,418 padded positions. Sorting the
+tokens) the RareDis dev windows hold 120 wordpieces on average but up to 207: in batches
+of 32 documents, 24,222 real wordpieces become 37,418 padded positions. Sorting the
 batch's windows by length and encoding them in groups, each padded only to its own
-longest window, brings that to 26,816 (groups of 8 windows; ``benchmarks/throughput.py``
-measures the words/s, docs/methods.md has the numbers). The windows, and so the
-predictions, are those the pipeline was trained with; only the padding changes.
+longest window, brings that to 26,882 (15 groups for the 4 batches, at the default
+``group_overhead``). The windows, and so the predictions, are those the pipeline was
+trained with; only the padding changes (docs/methods.md, "Length groups", has the words/s).
 
 Training keeps spacy-transformers' single forward pass (its batches come from
 ``batch_by_padded``, already of similar lengths, and the backward pass stays one call).
@@ -19,9 +19,11 @@ from typing import Callable, List, Sequence
 import numpy
 
 # A group's cost in padded positions is rows x longest window, plus this many positions
-# for the call itself (a forward pass's fixed cost: the attention mask, the Python of
-# six layers). Measured on all-MiniLM-L6-v2 in bf16, one thread, 2-core AMD EPYC:
-# see ``benchmarks/throughput.py --set components.transformer.model.group_overhead=N``.
+# for the call itself (a forward pass's fixed cost). On dev, all-MiniLM-L6-v2 in bf16, one
+# thread, 2-core AMD EPYC (``benchmarks/throughput.py --repeats 3 --set
+# components.transformer.model.group_overhead=N``): N = 0 gives 155 calls over 24,222
+# positions, 3,256 words/s; 256, 15 calls over 26,882 positions, 3,269 words/s; 1,024,
+# 8 calls over 30,230 positions, 2,777 words/s; no groups 2,628 words/s.
 GROUP_OVERHEAD = 256
 
 
