@@ -163,6 +163,8 @@ def test_cpu_autocast_trains_in_bf16_with_float32_weights_and_outputs(tiny_corpu
     assert not _autocast_hooked(plain.get_pipe("transformer").model.layers[0].shims[0]._model)
     with pytest.raises(ValueError, match="cpu_autocast must be one of"):
         spacy.load(best, config={"components.transformer.model.cpu_autocast": "bf16"})
+    with pytest.raises(ValueError, match="group_overhead must be >= 0"):
+        spacy.load(best, config={"components.transformer.model.group_overhead": -1})
 
 
 def test_plan_groups_minimises_padding_plus_a_cost_per_group():

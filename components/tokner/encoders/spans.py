@@ -225,6 +225,8 @@ def make_transformer_model(name: str, get_spans: Callable, tokenizer_config: Dic
     if cpu_autocast not in CPU_AUTOCAST:
         raise ValueError(f"tokner.TransformerModel.v1: cpu_autocast must be one of {', '.join(CPU_AUTOCAST)}, "
                          f"got {cpu_autocast!r}")
+    if group_overhead < 0:
+        raise ValueError(f"tokner.TransformerModel.v1: group_overhead must be >= 0 positions, got {group_overhead}")
     model = create_TransformerModel_v3(name, get_spans, tokenizer_config, transformer_config,
                                        mixed_precision, grad_scaler_config)
     if hasattr(get_spans, "bind"):
