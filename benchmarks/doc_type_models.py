@@ -12,6 +12,11 @@ model fitted on all of train scored on dev.
   batches of 16.
 * ``minilm`` (with ``--minilm FOLDER``): logistic regression (``C=1``, class-weighted) on the
   mean of the document's L2-normalised sentence embeddings (mean-pooled all-MiniLM-L6-v2).
+* ``tfidf+mentions`` (with ``--mentions PREDICTIONS.spacy``): the ``tfidf`` words plus a
+  second TF-IDF block of character 3-5-grams over the texts of the document's DISEASE,
+  RAREDISEASE and SKINRAREDISEASE mentions (the disease names, labels not used): gold
+  mentions for train documents, the given saved predictions (e.g. ``metrics/bert-dev.spacy``)
+  for dev, matched by text.
 
     python benchmarks/doc_type_models.py corpus/train.spacy corpus/dev.spacy \
         --minilm assets/models/all-MiniLM-L6-v2 --output metrics/doc_type_models.json
@@ -91,6 +96,7 @@ def main() -> int:
     ap.add_argument("train")
     ap.add_argument("dev")
     ap.add_argument("--minilm", help="all-MiniLM-L6-v2 folder (adds the embedding model)")
+    ap.add_argument("--mentions", help="saved dev predictions (DocBin) whose disease mentions feed tfidf+mentions")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--output")
     args = ap.parse_args()
@@ -110,6 +116,29 @@ def main() -> int:
             return lr.predict_proba(np.stack([embed(docs_of[t]) for t in test_texts]))[:, 1]
 
         models["minilm"] = _minilm
+    if args.mentions:
+        predicted = {d.text: d for d in DocBin().from_disk(args.mentions).get_docs(nlp.vocab)}
+        dev_texts = {d.text for d in dv}
+        missing = dev_texts - set(predicted)
+        if missing:
+            raise SystemExit(f"{args.mentions}: no predictions for {len(missing)} of the {len(dv)} dev documents")
+        diseases = {"DISEASE", "RAREDISEASE", "SKINRAREDISEASE"}
+
+        def mentions(text):
+            doc = predicted[text] if text in dev_texts else docs_of[text]
+            return " | ".join(e.text for e in doc.ents if e.label_ in diseases) or "none"
+
+        def _tfidf_mentions(train_texts, y, test_texts):
+            from scipy.sparse import hstack
+
+            words = TfidfVectorizer(sublinear_tf=True, min_df=2)
+            names = TfidfVectorizer(sublinear_tf=True, min_df=2, analyzer="char_wb", ngram_range=(3, 5))
+            x = hstack([words.fit_transform(train_texts), names.fit_transform([mentions(t) for t in train_texts])])
+            lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(x.tocsr(), list(y))
+            xt = hstack([words.transform(test_texts), names.transform([mentions(t) for t in test_texts])])
+            return lr.predict_proba(xt.tocsr())[:, 1]
+
+        models["tfidf+mentions"] = _tfidf_mentions
     texts_tr, texts_dv = [d.text for d in tr], [d.text for d in dv]
     out = {"train": args.train, "dev": args.dev, "train_docs": len(tr), "train_positive": int(yt.sum()),
            "dev_docs": len(dv), "dev_positive": int(yd.sum()), "folds": args.folds, "models": {}}
