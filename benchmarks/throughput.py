@@ -94,14 +94,10 @@ def hf_reference(nlp, labels: Sequence[str], device: int):
 def encoder_precision(nlp, device: int) -> str:
     """The dtype the spaCy pipeline's encoder computes in on a CPU (its ``cpu_autocast``,
     "fastest" resolved for this CPU); "float32" on a GPU or without the setting."""
-    setting = nlp.config["components"]["transformer"]["model"].get("cpu_autocast", "float32")
-    if device >= 0 or setting == "float32":
-        return "float32"
-    if setting == "fastest":
-        from tokner.utils.hardware import cpu_has_native_bf16
+    from tokner.encoders.spans import resolve_cpu_autocast
 
-        return "bfloat16" if cpu_has_native_bf16() else "float32"
-    return setting
+    setting = nlp.config["components"]["transformer"]["model"].get("cpu_autocast", "float32")
+    return "float32" if device >= 0 else resolve_cpu_autocast(setting)
 
 
 def time_hf(pipe, texts: Sequence[str], n_words: int, batch_size: int, repeats: int) -> Dict:

@@ -118,6 +118,19 @@ def make_wordpiece_spans(window: int = 128, stride: int = 112) -> WordpieceSpans
 CPU_AUTOCAST = ("float32", "bfloat16", "fastest")
 
 
+def resolve_cpu_autocast(setting: str) -> str:
+    """``"float32"`` or ``"bfloat16"``: the dtype ``cpu_autocast = setting`` computes the
+    encoder in on this CPU ("fastest": bfloat16 where the CPU has native bf16)."""
+    if setting not in CPU_AUTOCAST:
+        raise ValueError(f"tokner.TransformerModel.v1: cpu_autocast must be one of {', '.join(CPU_AUTOCAST)}, "
+                         f"got {setting!r}")
+    if setting == "fastest":
+        from tokner.utils.hardware import cpu_has_native_bf16
+
+        return "bfloat16" if cpu_has_native_bf16() else "float32"
+    return setting
+
+
 def _float_outputs(out):
     """The encoder's outputs with every floating tensor in float32 (spacy-transformers hands
     them to numpy, which has no bfloat16); the cast is differentiable."""
@@ -222,9 +235,7 @@ def make_transformer_model(name: str, get_spans: Callable, tokenizer_config: Dic
     group_overhead: a group's fixed cost in padded positions, which sets how many groups
         a batch is cut into.
     """
-    if cpu_autocast not in CPU_AUTOCAST:
-        raise ValueError(f"tokner.TransformerModel.v1: cpu_autocast must be one of {', '.join(CPU_AUTOCAST)}, "
-                         f"got {cpu_autocast!r}")
+    cpu_autocast = resolve_cpu_autocast(cpu_autocast)
     if group_overhead < 0:
         raise ValueError(f"tokner.TransformerModel.v1: group_overhead must be >= 0 positions, got {group_overhead}")
     model = create_TransformerModel_v3(name, get_spans, tokenizer_config, transformer_config,
@@ -234,10 +245,6 @@ def make_transformer_model(name: str, get_spans: Callable, tokenizer_config: Dic
     if length_groups:
         encoder = model.layers[0]
         encoder._func = grouped_forward(encoder._func, group_overhead)
-    if cpu_autocast == "fastest":
-        from tokner.utils.hardware import cpu_has_native_bf16
-
-        cpu_autocast = "bfloat16" if cpu_has_native_bf16() else "float32"
     if cpu_autocast != "float32":
         _with_cpu_autocast(model, cpu_autocast)
     return model
