@@ -17,7 +17,7 @@ WHEELS ?= $(HOME)/.cache/tokner-wheels/noamx
 LLAMA_CPP := llama-cpp-python==0.3.36
 LLAMA_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16,)
 
-.PHONY: install all test clean
+.PHONY: install all best test clean
 
 $(BIN)/.installed: requirements.txt setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ all: install
 		$(BIN)/python -m spacy project assets . && $(BIN)/python -m spacy project run unpack-assets . ; fi
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PATH=$(abspath $(BIN)):$$PATH \
 		$(BIN)/python -m tokner.workflow all --jobs $(JOBS) --vars.raredis_dir $(RAREDIS_DIR)
+
+# The best pipeline (configs/best.vars.yml): the ensemble's members trained longer
+best: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PATH=$(abspath $(BIN)):$$PATH \
+		$(BIN)/python -m tokner.workflow best --jobs $(JOBS) --vars-file configs/best.vars.yml --vars.raredis_dir $(RAREDIS_DIR)
 
 clean:
 	rm -rf corpus/*.spacy corpus/*.json training metrics reports
