@@ -127,3 +127,24 @@ def test_parallel_runner_waits_for_what_each_step_needs():
     assert split_jobs(["--jobs=3"]) == (3, [])
     with pytest.raises(SystemExit, match="positive integer"):
         split_jobs(["--jobs", "0"])
+
+
+def test_best_workflow_writes_beside_all_not_over_it():
+    """`make best`: configs/best.vars.yml sets only known vars, and every trained pipeline and
+    score of the `best` workflow lands under training/best or metrics/best."""
+    import yaml
+    from weasel.util import load_project_config
+
+    args = expand_vars_file(["--vars-file", str(ROOT / "configs" / "best.vars.yml")], project_dir=ROOT)
+    pairs = dict(zip(args[::2], args[1::2]))
+    assert pairs["--vars.lora_max_steps"] == "1600" and pairs["--vars.bert_max_steps"] == "900"
+    best_vars = yaml.safe_load((ROOT / "configs" / "best.vars.yml").read_text())
+    cfg = load_project_config(ROOT, overrides={"vars.raredis_dir": "x", **{f"vars.{k}": v for k, v in best_vars.items()}})
+    commands = {c["name"]: c for c in cfg["commands"]}
+    steps = cfg["workflows"]["best"]
+    assert steps[-1] == "ensemble"
+    outputs = [o for s in steps for o in commands[s].get("outputs", [])]
+    trained = [o for o in outputs if o.startswith(("training", "metrics"))]
+    assert "training/best/ensemble" in trained and "metrics/best/lora-dev.spacy" in trained
+    assert all(o.startswith(("training/best/", "metrics/best/")) for o in trained), trained
+    assert "--lora.max_steps 1600" in commands["train-lora"]["script"][0]
