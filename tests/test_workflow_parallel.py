@@ -155,3 +155,15 @@ def test_an_interrupt_stops_the_running_steps_and_keeps_the_finished_ones(tmp_pa
     assert not (tmp_path / "out" / "b").exists()
     steps = srsly.read_json(tmp_path / "metrics" / "timings-all.json")["steps"]
     assert [s["step"] for s in steps] == ["setup", "long"] and steps[0]["returncode"] == 0
+
+
+def test_logs_and_timings_follow_a_metrics_override(tmp_path):
+    """``--vars.metrics DIR`` (or a vars file setting it, as configs/best.vars.yml does) puts the
+    step logs and the timing table under DIR, where that workflow's scores go."""
+    (tmp_path / "project.yml").write_text(PROJECT.replace('  fail: "0"\n', '  fail: "0"\n  metrics: "metrics"\n'))
+    out = _run(tmp_path, "--jobs", "2", "--vars.metrics", "runs/best")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "threads 3" in (tmp_path / "runs" / "best" / "logs" / "slow2.log").read_text()
+    steps = srsly.read_json(tmp_path / "runs" / "best" / "timings-all.json")["steps"]
+    assert [s["step"] for s in steps] == ["setup", "slow1", "slow2", "join"]
+    assert not (tmp_path / "metrics").exists()

@@ -142,7 +142,7 @@ def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> 
 
     project_dir = project_dir.resolve()
     raw = srsly.read_yaml(project_dir / "project.yml")
-    overrides = parse_config_overrides(extra)
+    overrides = parse_config_overrides(list(extra))  # it empties the list it is given
     config = load_project_config(project_dir, overrides=overrides)
     commands = {c["name"]: c for c in config.get("commands", [])}
     steps = list(config["workflows"][name])
