@@ -224,7 +224,7 @@ def choose(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Seque
     names = list(members)
     spans = [{n: _triples(members[n][i]) for n in names} for i in range(len(gold))]
     texts = [g.text for g in gold]
-    dts: List[Optional[float]] = [None] + ([float(t) for t in doc_thresholds] if doc_probs is not None else [])
+    dts: List[Optional[float]] = [None] + (list(doc_thresholds) if doc_probs is not None else [])
     best = None
     for (w, t), bb in itertools.product(candidate_settings(names, weight_grid), by_boundary):
         voted = [vote(s, w, t, bb) for s in spans]
