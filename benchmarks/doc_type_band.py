@@ -27,7 +27,7 @@ import spacy
 
 import tokner.ensemble as ens
 from tokner.cli import _load_aligned_predictions
-from tokner.doctype import DEFAULT_PAIR, find_component
+from tokner.doctype import find_component, relabel
 from tokner.ensemble import copy_doc as copy, cross_fit, paper_row, set_ents
 from tokner.scoring.scorer import PAPER_LABELS
 
@@ -35,21 +35,16 @@ SINGLE = ens.DOC_TYPE_THRESHOLDS
 BANDS = tuple((lo, hi) for lo in (0.2, 0.3, 0.4, 0.5) for hi in (0.5, 0.6, 0.7, 0.8, 0.9) if lo < hi)
 
 
+_single = ens._doc_typed
+
+
 def banded(triples, p, threshold):
-    """``threshold``: a float (the library's rule) or a (low, high) band."""
-    if threshold is None or p is None:
-        return triples
+    """``threshold``: a float (the library's rule) or a (low, high) band: outside it the
+    library's relabelling at ``high``, inside it the vote's labels."""
     if not isinstance(threshold, tuple):
         return _single(triples, p, threshold)
     low, high = threshold
-    other, positive = DEFAULT_PAIR
-    if low <= p < high:
-        return triples
-    target = positive if p >= high else other
-    return [(s, e, target if lab in (other, positive) else lab) for s, e, lab in triples]
-
-
-_single = ens._doc_typed
+    return triples if p is None or low <= p < high else relabel(triples, p, high)
 
 
 def main() -> None:
