@@ -7,7 +7,7 @@ import pytest
 import spacy
 from spacy.tokens import Doc, DocBin, Span
 
-from tokner.ensemble import consistent_labels, copy_doc, cross_fit, set_ents, vote
+from tokner.ensemble import consistent_labels, copy_doc, cross_fit, fold_assignment, set_ents, vote
 from tokner.scoring.scorer import PAPER_LABELS
 
 
@@ -96,6 +96,37 @@ def test_cross_fit_chooses_on_the_other_fold():
         assert fast["micro"] == pytest.approx(ref["paper_micro5_f"]) and fast["avg"] == pytest.approx(ref["paper_avg_f"])
 
 
+def test_fold_assignment_contiguous_or_shuffled():
+    assert fold_assignment(5, 2) == [0, 0, 0, 1, 1]
+    shuffled = fold_assignment(10, 2, seed=3)
+    assert sorted(shuffled) == [0] * 5 + [1] * 5  # same sizes as the contiguous folds
+    assert shuffled == fold_assignment(10, 2, seed=3)  # deterministic per seed
+    assert len({tuple(fold_assignment(10, 2, seed=s)) for s in range(5)}) > 1
+    with pytest.raises(ValueError, match="folds"):
+        fold_assignment(3, 4)
+
+
+def test_cross_fit_with_a_seed_predicts_every_document_once_from_the_other_fold():
+    nlp = spacy.blank("en")
+    gold_spans = [(2, 4, "RAREDISEASE"), (5, 6, "SIGN")]
+    gold = _with(_docs(nlp.vocab, 6), [gold_spans] * 6)
+    wrong = [(0, 1, "DISEASE")]
+    # "early" is right on documents 0-2 and wrong on 3-5, "late" the other way round
+    early = _with(gold, [gold_spans] * 3 + [wrong] * 3)
+    late = _with(gold, [wrong] * 3 + [gold_spans] * 3)
+    members = {"early": early, "late": late}
+    contiguous = cross_fit(gold, members, PAPER_LABELS, folds=2, consistency=(False,), by_boundary=(False,))
+    # contiguous folds (0-2 | 3-5): each half trusts the member that was right on the other half
+    assert contiguous["cross_fit"]["micro"] == pytest.approx(0.0)
+    assert fold_assignment(6, 2, seed=0) == [1, 0, 0, 1, 0, 1]
+    shuffled = cross_fit(gold, members, PAPER_LABELS, folds=2, consistency=(False,), by_boundary=(False,),
+                         seed=0, choose_all=False)
+    assert shuffled["setting_all"] is None and all(h is not None for h in shuffled["held_out"])
+    # each half of the shuffled split holds documents of both kinds: the union of both members
+    # wins there (P 2/3, R 1) and every gold span is found on the held-out documents too
+    assert shuffled["cross_fit"]["micro"] == pytest.approx(0.8)
+
+
 def _member(path, patterns):
     nlp = spacy.blank("en")
     ruler = nlp.add_pipe("entity_ruler")
@@ -160,10 +191,16 @@ def test_ensemble_search_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tokner", "ensemble-search", str(tmp_path / "gold.spacy"), "--members",
                           f"m1={tmp_path / 'm1.spacy'}", f"m2={tmp_path / 'm2.spacy'}", f"m3={tmp_path / 'm3.spacy'}",
                           "--output", str(tmp_path / "e.json"), "--save-docs", str(tmp_path / "e.spacy"),
-                          "--metrics-output", str(tmp_path / "m.json")],
+                          "--metrics-output", str(tmp_path / "m.json"), "--repeats", "2"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    result = json.loads((tmp_path / "e.json").read_text())
+    rows = result["rows"]
+    # every document is alike: each shuffled split gives the same perfect vote
+    spread = result["spread"]
+    assert spread["row"] == "vote(m1+m2+m3), cross-fit 2 folds" and [r["seed"] for r in spread["runs"]] == [0, 1]
+    assert spread["micro5"]["mean"] == pytest.approx(1.0) and spread["micro5"]["sd"] == pytest.approx(0.0)
+    assert "over 2 shuffled fold assignments" in out.stdout
     # each member has 2 of the 3 spans; every span has 2 of 3 votes: majority voting recovers all
     assert rows["m1"]["micro5"] == pytest.approx(0.8)
     assert rows["vote(m1+m2+m3), cross-fit 2 folds"]["micro5"] == pytest.approx(1.0)
@@ -175,6 +212,9 @@ def test_ensemble_search_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tokner", "ensemble-search", str(tmp_path / "gold.spacy"), "--members",
                           f"m1={tmp_path / 'missing.spacy'}"], capture_output=True, text=True)
     assert bad.returncode != 0 and "missing.spacy" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "tokner", "ensemble-search", str(tmp_path / "gold.spacy"), "--members",
+                          f"m1={tmp_path / 'm1.spacy'}", "--folds", "5"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--folds must be between 2 and the 4 documents" in bad.stderr
 
 
 def test_ensemble_build_then_load_and_annotate(tmp_path):

@@ -240,8 +240,12 @@ def _cmd_ensemble_search(args) -> int:
     from tokner.ensemble import apply_consistency, copy_doc as copy, cross_fit, paper_row, set_ents
     from tokner.scoring.scorer import PAPER_LABELS, score_paper_ner
 
+    if args.repeats < 0:
+        raise SystemExit(f"--repeats must be 0 or more, got {args.repeats}")
     nlp = spacy.blank("en")
     gold, members = _load_aligned_predictions(args.gold, args.members, nlp)
+    if not 2 <= args.folds <= len(gold):
+        raise SystemExit(f"--folds must be between 2 and the {len(gold)} documents of {args.gold}, got {args.folds}")
 
     def paper(pred_docs):
         return paper_row(gold, pred_docs)
@@ -284,10 +288,29 @@ def _cmd_ensemble_search(args) -> int:
         print(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
     print(f"setting chosen on each fold's other documents: {result['fold_settings']}")
     print(f"setting chosen on all documents (for a pipeline): {result['setting_all']}")
+    spread = None
+    if args.repeats:  # the same search over shuffled fold assignments: how much the figure owes to the split
+        import statistics
+
+        runs = []
+        for seed in range(args.repeats):
+            r = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency, doc_probs=doc_probs,
+                          seed=seed, choose_all=False)
+            runs.append({"seed": seed, **paper(held_docs(r))})
+        spread = {"row": key, "runs": runs}
+        for c in cols:
+            values = [r[c] for r in runs]
+            spread[c] = {"mean": statistics.fmean(values), "sd": statistics.pstdev(values),
+                         "min": min(values), "max": max(values)}
+        print(f"{key}, over {args.repeats} shuffled fold assignments (seeds 0-{args.repeats - 1}): "
+              + ", ".join(f"{c} {spread[c]['mean']:.3f} (sd {spread[c]['sd']:.3f}, {spread[c]['min']:.3f}-{spread[c]['max']:.3f})"
+                          for c in ("avg", "micro5", "SKINRAREDISEASE")))
     if args.output:
         out = {"gold": args.gold, "members": dict(s.partition("=")[::2] for s in args.members), "folds": args.folds,
                "rows": rows, "fold_settings": result["fold_settings"], "setting_all": result["setting_all"],
                "doc_type": args.doc_type}
+        if spread is not None:
+            out["spread"] = spread
         write_json(args.output, out)
     if args.save_docs:
         Path(args.save_docs).parent.mkdir(parents=True, exist_ok=True)
@@ -529,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--members", nargs="+", required=True, metavar="NAME=DOCBIN",
                     help="each member's predictions on the gold texts (tokner evaluate --save-docs)")
     en.add_argument("--folds", type=int, default=2, help="documents split in this many contiguous folds (default 2)")
+    en.add_argument("--repeats", type=int, default=0, metavar="N",
+                    help="also cross-fit the vote over N shuffled fold assignments (seeds 0..N-1) and report the "
+                         "mean, sd and range of its scores: how much the figure owes to one split")
     en.add_argument("--no-consistency", action="store_true", help="do not try document consistency after the vote")
     en.add_argument("--doc-type", metavar="PIPELINE",
                     help="a tokner train-doc-type pipeline: also try relabelling RAREDISEASE/SKINRAREDISEASE by its "

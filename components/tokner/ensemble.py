@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -256,13 +257,31 @@ def predict(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], setting: Dic
     return out
 
 
+def fold_assignment(n: int, folds: int, seed: Optional[int] = None) -> List[int]:
+    """The fold of each of ``n`` documents: contiguous runs in corpus order (``seed`` None),
+    or the same sizes over a shuffled order (``random.Random(seed)``)."""
+    if folds < 2 or folds > n:
+        raise ValueError(f"cross-fitting needs 2 <= folds <= documents, got {folds} folds for {n} documents")
+    contiguous = [i * folds // n for i in range(n)]
+    if seed is None:
+        return contiguous
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    fold_of = [0] * n
+    for position, doc in enumerate(order):
+        fold_of[doc] = contiguous[position]
+    return fold_of
+
+
 def cross_fit(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Sequence[str], folds: int = 2,
-              doc_probs: Optional[Sequence[float]] = None, **kw) -> Dict[str, Any]:
+              doc_probs: Optional[Sequence[float]] = None, seed: Optional[int] = None,
+              choose_all: bool = True, **kw) -> Dict[str, Any]:
     """Choose on all folds but one, predict the held-out fold; the held-out predictions of
     every fold together are scored once (each document predicted by a setting chosen
-    without it). Also returns the setting chosen on all documents (for the pipeline)."""
+    without it). Also returns the setting chosen on all documents (for the pipeline;
+    ``choose_all`` false: skipped, None). Folds: see :func:`fold_assignment`."""
     n = len(gold)
-    fold_of = [i * folds // n for i in range(n)]  # contiguous folds: documents in corpus order
+    fold_of = fold_assignment(n, folds, seed)
     held: List[Optional[List[Triple]]] = [None] * n
     chosen = []
 
@@ -279,7 +298,8 @@ def cross_fit(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Se
                                       setting, doc_probs=sub(doc_probs, test))):
             held[i] = p
     return {"cross_fit": f_scores(_counts(gold, held, labels)), "fold_settings": chosen,
-            "setting_all": choose(gold, members, labels, doc_probs=doc_probs, **kw), "held_out": held}
+            "setting_all": choose(gold, members, labels, doc_probs=doc_probs, **kw) if choose_all else None,
+            "held_out": held}
 
 
 # ---------------------------------------------------------------------------------------
