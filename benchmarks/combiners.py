@@ -20,7 +20,8 @@
   decoded greedily (most probable span first, no overlaps) and relabelled by document type.
 
 Each combiner runs on the contiguous split of ``ensemble-search`` and on ``--repeats``
-shuffled splits (``tokner.ensemble.fold_assignment``, seeds 0..N-1); the table gives every
+shuffled splits stratified by the gold document type (``tokner.ensemble.fold_assignment``,
+seeds 0..N-1, the splits of ``ensemble-search --repeats``); the table gives every
 run and the mean and sd over the shuffled ones.
 
     python benchmarks/combiners.py corpus/dev.spacy \\
@@ -183,8 +184,9 @@ def main() -> None:
         return [gold[i] for i in idx], {k: [v[i] for i in idx] for k, v in members.items()}, [doc_probs[i] for i in idx]
 
     runs: Dict[str, List[dict]] = {"vote": [], "vote, train threshold": [], "stack": []}
+    strata = [doc_label(g) for g in gold]  # as tokner ensemble-search --repeats: stratified by document type
     for seed in [None, *range(args.repeats)]:
-        fold_of = fold_assignment(n, 2, seed)
+        fold_of = fold_assignment(n, 2, seed, strata)
         held: Dict[str, List] = {k: [None] * n for k in runs}
         t0 = time.perf_counter()
         for f in range(2):

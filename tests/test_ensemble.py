@@ -104,6 +104,13 @@ def test_fold_assignment_contiguous_or_shuffled():
     assert len({tuple(fold_assignment(10, 2, seed=s)) for s in range(5)}) > 1
     with pytest.raises(ValueError, match="folds"):
         fold_assignment(3, 4)
+    # stratified: 3 documents of class 1 among 10 go 2 / 1 over the folds, whatever the seed
+    strata = [0, 1, 0, 0, 1, 0, 0, 1, 0, 0]
+    for seed in range(5):
+        folds = fold_assignment(10, 2, seed=seed, strata=strata)
+        assert sorted(folds.count(f) for f in (0, 1)) == [5, 5]
+        assert sorted(sum(folds[i] == f for i in (1, 4, 7)) for f in (0, 1)) == [1, 2]
+    assert fold_assignment(10, 2, seed=1, strata=strata) == fold_assignment(10, 2, seed=1, strata=strata)
 
 
 def test_cross_fit_with_a_seed_predicts_every_document_once_from_the_other_fold():
@@ -200,7 +207,7 @@ def test_ensemble_search_cli(tmp_path):
     spread = result["spread"]
     assert spread["row"] == "vote(m1+m2+m3), cross-fit 2 folds" and [r["seed"] for r in spread["runs"]] == [0, 1]
     assert spread["micro5"]["mean"] == pytest.approx(1.0) and spread["micro5"]["sd"] == pytest.approx(0.0)
-    assert "over 2 shuffled fold assignments" in out.stdout
+    assert "over 2 shuffled fold assignments stratified by document type" in out.stdout
     # each member has 2 of the 3 spans; every span has 2 of 3 votes: majority voting recovers all
     assert rows["m1"]["micro5"] == pytest.approx(0.8)
     assert rows["vote(m1+m2+m3), cross-fit 2 folds"]["micro5"] == pytest.approx(1.0)

@@ -292,17 +292,21 @@ def _cmd_ensemble_search(args) -> int:
     if args.repeats:  # the same search over shuffled fold assignments: how much the figure owes to the split
         import statistics
 
+        from tokner.doctype import doc_label
+
+        # stratified by the gold document type, so that each fold gets its share of the few skin documents
+        strata = [doc_label(g) for g in gold]
         runs = []
         for seed in range(args.repeats):
             r = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency, doc_probs=doc_probs,
-                          seed=seed, choose_all=False)
+                          seed=seed, strata=strata, choose_all=False)
             runs.append({"seed": seed, **paper(held_docs(r))})
         spread = {"row": key, "runs": runs}
         for c in cols:
             values = [r[c] for r in runs]
             spread[c] = {"mean": statistics.fmean(values), "sd": statistics.pstdev(values),
                          "min": min(values), "max": max(values)}
-        print(f"{key}, over {args.repeats} shuffled fold assignments (seeds 0-{args.repeats - 1}): "
+        print(f"{key}, over {args.repeats} shuffled fold assignments stratified by document type (seeds 0-{args.repeats - 1}): "
               + ", ".join(f"{c} {spread[c]['mean']:.3f} (sd {spread[c]['sd']:.3f}, {spread[c]['min']:.3f}-{spread[c]['max']:.3f})"
                           for c in ("avg", "micro5", "SKINRAREDISEASE")))
     if args.output:
@@ -553,8 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="each member's predictions on the gold texts (tokner evaluate --save-docs)")
     en.add_argument("--folds", type=int, default=2, help="documents split in this many contiguous folds (default 2)")
     en.add_argument("--repeats", type=int, default=0, metavar="N",
-                    help="also cross-fit the vote over N shuffled fold assignments (seeds 0..N-1) and report the "
-                         "mean, sd and range of its scores: how much the figure owes to one split")
+                    help="also cross-fit the vote over N shuffled fold assignments (seeds 0..N-1, stratified by the gold "
+                         "document type) and report the mean, sd and range of its scores: how much the figure owes "
+                         "to one split")
     en.add_argument("--no-consistency", action="store_true", help="do not try document consistency after the vote")
     en.add_argument("--doc-type", metavar="PIPELINE",
                     help="a tokner train-doc-type pipeline: also try relabelling RAREDISEASE/SKINRAREDISEASE by its "

@@ -257,17 +257,32 @@ def predict(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], setting: Dic
     return out
 
 
-def fold_assignment(n: int, folds: int, seed: Optional[int] = None) -> List[int]:
+def fold_assignment(n: int, folds: int, seed: Optional[int] = None,
+                    strata: Optional[Sequence[Any]] = None) -> List[int]:
     """The fold of each of ``n`` documents: contiguous runs in corpus order (``seed`` None),
-    or the same sizes over a shuffled order (``random.Random(seed)``)."""
+    or the same sizes over a shuffled order (``random.Random(seed)``). With ``strata`` (a
+    class per document) the shuffled folds are stratified: each class is shuffled and dealt
+    out over the folds in turn, so every fold gets its share of each class (within one)."""
     if folds < 2 or folds > n:
         raise ValueError(f"cross-fitting needs 2 <= folds <= documents, got {folds} folds for {n} documents")
     contiguous = [i * folds // n for i in range(n)]
     if seed is None:
         return contiguous
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
+    rng = random.Random(seed)
     fold_of = [0] * n
+    if strata is not None:
+        if len(strata) != n:
+            raise ValueError(f"strata: {len(strata)} classes for {n} documents")
+        position = 0
+        for cls in sorted(set(strata), key=repr):
+            members = [i for i in range(n) if strata[i] == cls]
+            rng.shuffle(members)
+            for doc in members:
+                fold_of[doc] = position % folds
+                position += 1
+        return fold_of
+    order = list(range(n))
+    rng.shuffle(order)
     for position, doc in enumerate(order):
         fold_of[doc] = contiguous[position]
     return fold_of
@@ -275,13 +290,13 @@ def fold_assignment(n: int, folds: int, seed: Optional[int] = None) -> List[int]
 
 def cross_fit(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Sequence[str], folds: int = 2,
               doc_probs: Optional[Sequence[float]] = None, seed: Optional[int] = None,
-              choose_all: bool = True, **kw) -> Dict[str, Any]:
+              strata: Optional[Sequence[Any]] = None, choose_all: bool = True, **kw) -> Dict[str, Any]:
     """Choose on all folds but one, predict the held-out fold; the held-out predictions of
     every fold together are scored once (each document predicted by a setting chosen
     without it). Also returns the setting chosen on all documents (for the pipeline;
     ``choose_all`` false: skipped, None). Folds: see :func:`fold_assignment`."""
     n = len(gold)
-    fold_of = fold_assignment(n, folds, seed)
+    fold_of = fold_assignment(n, folds, seed, strata)
     held: List[Optional[List[Triple]]] = [None] * n
     chosen = []
 
