@@ -116,7 +116,10 @@ def test_parallel_runner_waits_for_what_each_step_needs():
     assert before["train-cnn-vectors"] == ["models", "corpus", "static-vectors"]
     assert before["evaluate-lora"] == ["models", "corpus", "train-lora"]
     assert set(before["compare"]) == {"models", "corpus", "llm-rag", "evaluate-cnn-vectors", "evaluate-bert",
-                                      "evaluate-cnn", "llm-few", "llm-zero", "evaluate-lora", "ensemble"}
+                                      "evaluate-cnn", "llm-few", "llm-zero", "evaluate-lora", "ensemble",
+                                      "bert-doc-type"}
+    # the fast pipeline waits for MiniLM's dev predictions and the document-type model only
+    assert set(before["bert-doc-type"]) == {"models", "corpus", "train-bert", "evaluate-bert", "train-doc-type"}
     assert set(before["ensemble"]) == {"models", "corpus", "train-lora", "train-cnn-vectors", "evaluate-cnn-vectors",
                                        "train-bert", "evaluate-bert", "train-cnn", "evaluate-cnn", "evaluate-lora",
                                        "train-doc-type"}
@@ -142,9 +145,10 @@ def test_best_workflow_writes_beside_all_not_over_it():
     cfg = load_project_config(ROOT, overrides={"vars.raredis_dir": "x", **{f"vars.{k}": v for k, v in best_vars.items()}})
     commands = {c["name"]: c for c in cfg["commands"]}
     steps = cfg["workflows"]["best"]
-    assert steps[-1] == "ensemble"
+    assert steps[-2:] == ["ensemble", "bert-doc-type"]
     outputs = [o for s in steps for o in commands[s].get("outputs", [])]
     trained = [o for o in outputs if o.startswith(("training", "metrics"))]
     assert "training/best/ensemble" in trained and "metrics/best/lora-dev.spacy" in trained
+    assert "training/best/bert_doc_type" in trained
     assert all(o.startswith(("training/best/", "metrics/best/")) for o in trained), trained
     assert "--lora.max_steps 1600" in commands["train-lora"]["script"][0]

@@ -24,7 +24,8 @@ pytest.importorskip("peft")
 from reference_scores import seqeval_micro5  # noqa: E402
 from tiny_models import ROOT, make_tiny_bert, make_tiny_llama, pick_brat  # noqa: E402
 
-METHODS = ("cnn", "cnn-vectors", "bert", "zero-shot", "few-shot", "rag", "lora-constrained", "lora-free", "ensemble")
+METHODS = ("cnn", "cnn-vectors", "bert", "zero-shot", "few-shot", "rag", "lora-constrained", "lora-free", "ensemble",
+           "bert-doc-type")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_compare_writes_table_chart_and_html(tiny_project):
     # the trained pipelines' rows, free generation included, are scored on all of dev (2 docs
     # here; the prompted rows stop at llm_max_sentences)
     rows = {line.split(" (dev) |")[0].lstrip("| "): line for line in table.splitlines() if " (dev) |" in line}
-    for method in ("cnn", "cnn-vectors", "bert", "lora-constrained", "lora-free", "ensemble"):
+    for method in ("cnn", "cnn-vectors", "bert", "lora-constrained", "lora-free", "ensemble", "bert-doc-type"):
         assert rows[method].rstrip().endswith("| 2 docs |"), rows[method]
 
 
@@ -105,7 +106,7 @@ def test_every_method_scored_with_the_paper_metric(tiny_project):
     proj = tiny_project[0]
     names = {"cnn": "cnn-dev", "cnn-vectors": "cnn_vectors-dev", "bert": "bert-dev", "zero-shot": "llm_zero-dev", "few-shot": "llm_few-dev",
              "rag": "llm_rag-dev", "lora-constrained": "lora-dev", "lora-free": "lora-free-dev",
-             "ensemble": "ensemble-dev"}
+             "ensemble": "ensemble-dev", "bert-doc-type": "bert_doc_type-dev"}
     from spacy.tokens import DocBin
 
     checked = []
@@ -120,7 +121,7 @@ def test_every_method_scored_with_the_paper_metric(tiny_project):
         if ref is not None:  # predictions on the gold tokens: seqeval gives the same micro-5
             assert scores["paper_micro5_f"] == pytest.approx(ref[2]), method
             checked.append(method)
-    assert {"zero-shot", "few-shot", "rag", "ensemble"} <= set(checked), checked
+    assert {"zero-shot", "few-shot", "rag", "ensemble", "bert-doc-type"} <= set(checked), checked
     # free generation is scored on all of dev, its predictions saved for compare
     free = json.loads((proj / "metrics" / "lora-free-dev.json").read_text())
     assert free["docs"] == 2
@@ -142,9 +143,23 @@ def test_every_method_scored_with_the_paper_metric(tiny_project):
     setting = json.loads((proj / "metrics" / "ensemble-search.json").read_text())["setting_all"]
     expected = predict(gold, saved, setting)
     assert [[(e.start_char, e.end_char, e.label_) for e in nlp(g.text).ents] for g in gold] == expected
+    # the fast pipeline: MiniLM + NER inside, then the document type at the threshold chosen on dev
+    from tokner.doctype import find_component
+
+    fast = spacy.load(proj / "training" / "bert_doc_type")
+    setting = json.loads((proj / "metrics" / "bert_doc_type-search.json").read_text())["setting_all"]
+    # (on 2 dev documents the search may find relabelling no better than none; then it leaves it out)
+    with_doc_type = ["tokner_doc_type"] if setting["doc_type_threshold"] is not None else []
+    assert fast.pipe_names == ["tokner_sentencizer", "tokner_ensemble", *with_doc_type]
+    inside = sorted(p.name for p in (proj / "training" / "bert_doc_type" / "tokner_ensemble" / "members").iterdir())
+    assert inside == ["bert"]
+    probs = find_component(spacy.load(proj / "training" / "doc_type"), "doc_type").model.predict([g.text for g in gold])
+    expected = predict(gold, {"bert": saved["bert"]}, setting, doc_probs=probs)
+    assert [[(e.start_char, e.end_char, e.label_) for e in fast(g.text).ents] for g in gold] == expected
 
 
 def test_rerun_skips_unchanged_steps(tiny_project):
     for out in tiny_project[2:]:  # one after another, then two at a time
-        for step in ("corpus", "train-cnn", "train-bert", "llm-zero", "train-lora", "ensemble", "compare"):
+        for step in ("corpus", "train-cnn", "train-bert", "llm-zero", "train-lora", "ensemble", "bert-doc-type",
+                     "compare"):
             assert f"Skipping '{step}'" in out, step
