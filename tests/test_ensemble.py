@@ -207,6 +207,7 @@ def test_ensemble_search_cli(tmp_path):
     spread = result["spread"]
     assert spread["row"] == "vote(m1+m2+m3), cross-fit 2 folds" and [r["seed"] for r in spread["runs"]] == [0, 1]
     assert spread["micro5"]["mean"] == pytest.approx(1.0) and spread["micro5"]["sd"] == pytest.approx(0.0)
+    assert all(len(r["fold_settings"]) == 2 for r in spread["runs"])
     assert "over 2 shuffled fold assignments stratified by document type" in out.stdout
     # each member has 2 of the 3 spans; every span has 2 of 3 votes: majority voting recovers all
     assert rows["m1"]["micro5"] == pytest.approx(0.8)

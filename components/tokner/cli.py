@@ -300,7 +300,7 @@ def _cmd_ensemble_search(args) -> int:
         for seed in range(args.repeats):
             r = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency, doc_probs=doc_probs,
                           seed=seed, strata=strata, choose_all=False)
-            runs.append({"seed": seed, **paper(held_docs(r))})
+            runs.append({"seed": seed, **paper(held_docs(r)), "fold_settings": r["fold_settings"]})
         spread = {"row": key, "runs": runs}
         for c in cols:
             values = [r[c] for r in runs]
