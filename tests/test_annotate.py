@@ -260,7 +260,7 @@ def test_parquet_output(ruler_model, tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl", all_docs())
     run(ruler_model, inp, tmp_path / "out.parquet")
     rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
-    assert rows == [{"id": i, "entities": EXPECTED[i], "alignment": None} for i, _ in DOCS]
+    assert rows == [{"id": i, "entities": EXPECTED[i], "cats": None, "alignment": None} for i, _ in DOCS]
 
 
 def test_scores_and_alignment(tmp_path):

@@ -103,6 +103,32 @@ def test_component_relabels_by_document_and_round_trips(tmp_path):
         bare.get_pipe("tokner_doc_type").from_disk(tmp_path / "nowhere")
 
 
+def test_annotate_writes_the_document_probability(tmp_path):
+    """``tokner annotate`` keeps what ``tokner_doc_type`` writes to ``doc.cats`` (JSONL, Parquet)."""
+    from tokner.annotate import annotate
+
+    nlp = spacy.blank("en")
+    docs = _corpus(nlp.vocab)
+    pipe_nlp = build_pipeline(train([d.text for d in docs], [doc_label(d) for d in docs], cv_folds=0), threshold=0.5)
+    pipe_nlp.add_pipe("entity_ruler", before="tokner_doc_type").add_patterns(
+        [{"label": "RAREDISEASE", "pattern": [{"TEXT": "Omega"}, {"TEXT": "syndrome"}]}])
+    pipe_nlp.to_disk(tmp_path / "model")
+    texts = {"skin": "Omega syndrome is a skin disorder with blisters .", "other": "Omega syndrome brings anemia ."}
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in texts.items()))
+    annotate(tmp_path / "model", tmp_path / "in.jsonl", tmp_path / "out.jsonl", progress=False)
+    records = {r["id"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    for doc_id, text in texts.items():
+        p = pipe_nlp(text).cats["SKIN"]
+        assert records[doc_id]["cats"] == {"SKIN": pytest.approx(p)}
+        label = "SKINRAREDISEASE" if p >= 0.5 else "RAREDISEASE"
+        assert [(e["text"], e["label"]) for e in records[doc_id]["entities"]] == [("Omega syndrome", label)]
+    assert records["skin"]["cats"]["SKIN"] >= 0.5 > records["other"]["cats"]["SKIN"]
+    pq = pytest.importorskip("pyarrow.parquet")
+    annotate(tmp_path / "model", tmp_path / "in.jsonl", tmp_path / "out.parquet", progress=False)
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out.parquet").to_pylist()}
+    assert json.loads(rows["skin"]["cats"]) == records["skin"]["cats"]
+
+
 def test_search_chooses_the_doc_type_threshold_on_the_other_fold():
     nlp = spacy.blank("en")
     gold = _corpus(nlp.vocab)

@@ -4,13 +4,15 @@ The record of a document (:func:`doc_record`) is what every format is built from
 
     {"id": "sub/case.txt",
      "entities": [{"start": 10, "end": 23, "label": "RAREDISEASE", "text": "Fabry disease", "score": null}],
+     "cats": {"SKIN": 0.31},                   # only when the pipeline sets doc.cats
      "alignment": {...}}                       # only for tokner's LLM pipes
 
 ``start``/``end`` are character offsets (Python ``str`` indices, i.e. Unicode code
 points) into the input text exactly as given, so ``text[start:end] == entity["text"]``.
 ``score`` comes from a span group that keeps scores (``doc.spans["lora"]`` or
 ``doc.spans["llm"]`` with ``group.attrs["scores"]``, a list parallel to the spans),
-else it is null. ``alignment`` is ``doc._.tokner_llm`` where that extension exists and
+else it is null. ``cats`` is ``doc.cats`` where a component set it (``tokner_doc_type``:
+the probability that the document is about a skin disease). ``alignment`` is ``doc._.tokner_llm`` where that extension exists and
 is set (the prompted-LLM pipe's per-document alignment statistics).
 
 Writers (:data:`WRITERS`) take batches of :class:`Annotated` documents:
@@ -22,8 +24,8 @@ Writers (:data:`WRITERS`) take batches of :class:`Annotated` documents:
   what ``resume`` reads;
 * ``docbin``: one ``.spacy`` file, the id in ``doc.user_data["id"]``;
 * ``html``: one displaCy ``ent`` page;
-* ``parquet``: one table with the columns ``id`` (string), ``entities`` and
-  ``alignment`` (JSON text or null).
+* ``parquet``: one table with the columns ``id`` (string), ``entities``, ``cats`` and
+  ``alignment`` (both JSON text or null).
 
 docbin, html and parquet files are written when the run ends (also when it stops on
 an error: then they hold the documents before the failing one); they cannot be resumed.
@@ -115,6 +117,8 @@ def doc_record(doc: Doc, doc_id: DocId) -> Dict[str, Any]:
         for ent in doc.ents
     ]
     record: Dict[str, Any] = {"id": doc_id, "entities": entities}
+    if doc.cats:
+        record["cats"] = {str(k): _jsonable(float(v)) for k, v in doc.cats.items()}
     if Doc.has_extension(ALIGNMENT_EXTENSION):
         alignment = doc._.get(ALIGNMENT_EXTENSION)
         if alignment is not None:
@@ -450,7 +454,8 @@ class ParquetWriter(Writer):
         self._pa, self._pq = pa, pq
         entity = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("label", pa.string()),
                             ("text", pa.string()), ("score", pa.float64())])
-        self.schema = pa.schema([("id", pa.string()), ("entities", pa.list_(entity)), ("alignment", pa.string())])
+        self.schema = pa.schema([("id", pa.string()), ("entities", pa.list_(entity)), ("cats", pa.string()),
+                                 ("alignment", pa.string())])
         self._writer = None
 
     def open(self) -> Set[DocId]:
@@ -462,6 +467,7 @@ class ParquetWriter(Writer):
         table = self._pa.Table.from_pydict({
             "id": [str(a.id) for a in batch],
             "entities": [a.record["entities"] for a in batch],
+            "cats": [json.dumps(a.record["cats"], ensure_ascii=False) if "cats" in a.record else None for a in batch],
             "alignment": [json.dumps(a.record["alignment"], ensure_ascii=False) if "alignment" in a.record else None
                           for a in batch],
         }, schema=self.schema)
