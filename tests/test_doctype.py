@@ -61,6 +61,31 @@ def test_model_matches_scikit_learn_and_separates_the_kinds():
     assert again.predict(new) == model.predict(new)
     with pytest.raises(ValueError, match="one class only"):
         train(texts[:1], labels[:1])
+    # English stop words are not features ("with" and "and" would be: in at least 2 documents)
+    assert model.stop_words == "english" and not {"is", "a", "with", "and", "the"} & set(model.vocabulary)
+    assert {"skin", "blisters", "anemia"} <= set(model.vocabulary)
+
+
+def test_a_model_saved_without_stop_words_keeps_them():
+    """A model JSON from before stop words were dropped has no ``stop_words``: it is read with
+    none, so it gives what it was fitted to give."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    nlp = spacy.blank("en")
+    docs = _corpus(nlp.vocab)
+    texts, labels = [d.text for d in docs], [doc_label(d) for d in docs]
+    vec = TfidfVectorizer(sublinear_tf=True, min_df=2, lowercase=True)
+    lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(vec.fit_transform(texts), labels)
+    old = {"vocabulary": {t: int(i) for t, i in vec.vocabulary_.items()}, "idf": vec.idf_.tolist(),
+           "coef": lr.coef_[0].tolist(), "intercept": float(lr.intercept_[0]), "info": {}}
+    assert "with" in old["vocabulary"]
+    model = DocTypeModel.from_dict(json.loads(json.dumps(old)))
+    assert model.stop_words is None
+    new = ["Omega syndrome is a skin disorder with blisters .", "Omega disease with anemia and fatigue ."]
+    assert model.predict(new) == pytest.approx(lr.predict_proba(vec.transform(new))[:, 1].tolist(), abs=1e-12)
+    with pytest.raises(ValueError, match="stop_words"):
+        DocTypeModel.from_dict({**old, "stop_words": "german"})
 
 
 def test_component_relabels_by_document_and_round_trips(tmp_path):
