@@ -12,8 +12,9 @@ points) into the input text exactly as given, so ``text[start:end] == entity["te
 ``score`` comes from a span group that keeps scores (``doc.spans["lora"]`` or
 ``doc.spans["llm"]`` with ``group.attrs["scores"]``, a list parallel to the spans),
 else it is null. ``cats`` is ``doc.cats`` where a component set it (``tokner_doc_type``:
-the probability that the document is about a skin disease). ``alignment`` is ``doc._.tokner_llm`` where that extension exists and
-is set (the prompted-LLM pipe's per-document alignment statistics).
+the probability that the document is about a skin disease). ``alignment`` is
+``doc._.tokner_llm`` where that extension exists and is set (the prompted-LLM pipe's
+per-document alignment statistics).
 
 Writers (:data:`WRITERS`) take batches of :class:`Annotated` documents:
 
