@@ -42,7 +42,7 @@ import numpy as np
 import spacy
 
 from tokner.cli import _load_aligned_predictions
-from tokner.doctype import doc_label, find_component, fit, relabel
+from tokner.doctype import cross_validated, doc_label, find_component, relabel
 from tokner.ensemble import (_counts, _triples, choose, copy_doc as copy, f_scores, fold_assignment, objective,
                              paper_row, predict, set_ents)
 from tokner.scoring.evaluation import load_gold_docs
@@ -56,14 +56,7 @@ DOC_GRID = (None, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 def train_threshold(train_docs, folds: int = 5, seed: int = 0) -> float:
     """The document threshold chosen on train alone (see the module docstring)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    texts = [d.text for d in train_docs]
-    y = np.array([doc_label(d) for d in train_docs])
-    p = np.zeros(len(texts))
-    for a, b in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
-        vec, lr = fit([texts[i] for i in a], y[a].tolist())
-        p[b] = lr.predict_proba(vec.transform([texts[i] for i in b]))[:, 1]
+    p = cross_validated([d.text for d in train_docs], [doc_label(d) for d in train_docs], folds=folds, seed=seed)
     best = None
     for t in np.arange(0.30, 0.7501, 0.025):
         tp = fp = fn = 0

@@ -112,24 +112,33 @@ def fit(texts: Sequence[str], labels: Sequence[int], C: float = 1.0):
     return vec, lr
 
 
+def cross_validated(texts: Sequence[str], labels: Sequence[int], C: float = 1.0, folds: int = 5,
+                    seed: int = 0) -> List[float]:
+    """Out-of-fold P(positive) per document: stratified ``folds``-fold cross-validation of
+    :func:`fit` (shuffled with ``seed``)."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(labels)
+    p = np.zeros(len(texts))
+    for a, b in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        v, m = fit([texts[i] for i in a], y[a].tolist(), C)
+        p[b] = m.predict_proba(v.transform([texts[i] for i in b]))[:, 1]
+    return p.tolist()
+
+
 def train(texts: Sequence[str], labels: Sequence[int], C: float = 1.0, cv_folds: int = 5,
           seed: int = 0) -> DocTypeModel:
     """Fit on all documents; with ``cv_folds`` >= 2 also report cross-validated ROC AUC and
     average precision in ``model.info``."""
-    import numpy as np
-
     vec, lr = fit(texts, labels, C)
     vocab = {t: int(i) for t, i in vec.vocabulary_.items()}
     info: Dict[str, Any] = {"docs": len(texts), "positive": int(sum(labels)), "C": C, "terms": len(vocab)}
     if cv_folds >= 2 and min(sum(labels), len(labels) - sum(labels)) >= cv_folds:
         from sklearn.metrics import average_precision_score, roc_auc_score
-        from sklearn.model_selection import StratifiedKFold
 
-        y = np.asarray(labels)
-        p = np.zeros(len(texts))
-        for a, b in StratifiedKFold(cv_folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
-            v, m = fit([texts[i] for i in a], y[a].tolist(), C)
-            p[b] = m.predict_proba(v.transform([texts[i] for i in b]))[:, 1]
+        y = list(labels)
+        p = cross_validated(texts, labels, C, cv_folds, seed)
         info.update({"cv_folds": cv_folds, "cv_roc_auc": float(roc_auc_score(y, p)),
                      "cv_average_precision": float(average_precision_score(y, p))})
     return DocTypeModel(vocab, vec.idf_.tolist(), lr.coef_[0].tolist(), float(lr.intercept_[0]), info,
