@@ -217,11 +217,12 @@ def _doc_typed(triples: List[Triple], p: Optional[float], threshold: Optional[fl
 def choose(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Sequence[str],
            consistency: Sequence[bool] = (False, True), weight_grid: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
            by_boundary: Sequence[bool] = (False, True), doc_probs: Optional[Sequence[float]] = None,
-           doc_thresholds: Sequence[float] = DOC_TYPE_THRESHOLDS):
+           doc_thresholds: Sequence[Any] = DOC_TYPE_THRESHOLDS):
     """The setting (weights, threshold, by_boundary, consistency, doc_type_threshold) with the
     best objective on these docs. With ``doc_probs`` (each document's ``tokner_doc_type``
     probability) the search also tries relabelling RAREDISEASE/SKINRAREDISEASE at each of
-    ``doc_thresholds`` after the vote (``doc_type_threshold`` None: not relabelled)."""
+    ``doc_thresholds`` after the vote (``doc_type_threshold`` None: not relabelled); they are
+    passed as given to the relabelling (floats here; benchmarks/doc_type_band.py passes bands)."""
     names = list(members)
     spans = [{n: _triples(members[n][i]) for n in names} for i in range(len(gold))]
     texts = [g.text for g in gold]
