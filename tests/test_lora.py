@@ -341,3 +341,77 @@ def test_answer_loss_is_the_models_own_loss_and_gradient(tmp_path):
     assert abs(ref - got) < 1e-6, (ref, got)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_ref, g_got))
     assert any(a.abs().sum() > 0 for a in g_ref)
+
+
+def test_previous_sentence_context_trains_saves_and_predicts(trained, tmp_path):
+    """``context_sentences``: each prompt carries the sentences before it in its document,
+    in training, in the training's dev evaluation and in the saved pipeline."""
+    from tokner.answers.tags import sentence_words
+    from tokner.decoding.constrained import constrained_decode
+    from tokner.lora.data import contexts_from_docs, encode_example, read_docbin, sentences_from_docs
+    from tokner.lora.prompt import PromptCodec, sentence_contexts
+    from tokner.lora.train import train
+
+    # the context of each sentence: up to n sentences before it, never across documents
+    index = [[[0, 1], [2]], [[0]], [[0], [1], [2]]]
+    sents = [["a", "b"], ["c"], ["d"], ["e"], ["f"], ["g"]]
+    assert sentence_contexts(index, sents, 1) == [[], ["a", "b"], [], [], ["e"], ["f"]]
+    assert sentence_contexts(index, sents, 2) == [[], ["a", "b"], [], [], ["e"], ["e", "f"]]
+    with pytest.raises(ValueError, match="6 sentences for an index of 5"):
+        sentence_contexts(index[:2] + [[[0], [1]]], sents, 1)
+
+    out, _, base = trained
+    data = out.parent / "train.spacy"
+    run = train(ROOT / "configs" / "lora.cfg", tmp_path / "ctx", {
+        "paths.train": str(data), "paths.dev": str(data), "paths.base_model": str(base),
+        "lora.max_steps": 2, "lora.max_minutes": 0, "lora.batch_size": 2, "lora.eval_every": 2,
+        "lora.eval_docs": 3, "lora.r": 4, "lora.alpha": 8, "lora.save_every": 0,
+        "components.tokner_lora_ner.device": "cpu", "components.tokner_lora_ner.context_sentences": 1,
+    }, progress=False)
+    assert run["steps"] == 2
+    nlp = spacy.load(tmp_path / "ctx" / "model-best")
+    pipe = nlp.get_pipe("tokner_lora_ner")
+    assert pipe.cfg["context_sentences"] == 1 and pipe.codec.context_sentences == 1
+    tokenizer = pipe.tokenizer
+
+    # what training encoded: the second sentence of the first text with the first as context
+    docs = read_docbin(data, nlp.vocab)
+    train_sents = sentences_from_docs(docs, pipe.labels)
+    contexts = contexts_from_docs(docs, 1)
+    assert [w for w, _ in train_sents][1] == ["Patients", "may", "have", "fever", "."]
+    assert contexts[:3] == [[], ["Alport", "syndrome", "causes", "hearing", "loss", "."], []]
+    enc = encode_example(pipe.codec, *train_sents[1], context=contexts[1])
+    prompt_text = tokenizer.decode([i for i, label in zip(enc.input_ids, enc.labels) if label == -100],
+                                   clean_up_tokenization_spaces=False)
+    assert prompt_text.endswith("### Instruction:\nTag each token with its BIO clinical entity label.\n"
+                                "### Context:\nAlport syndrome causes hearing loss .\n### Input:\n"
+                                "Patients may have fever .\n### Output:\n")
+    # without context the same sentence gets the paper's layout (no context section)
+    plain = PromptCodec(tokenizer, pipe.labels, "minimal", "text")
+    assert "### Context:" not in tokenizer.decode(plain.prompt_ids(train_sents[1][0]))
+
+    # the pipe predicts documents with the same prompts as a direct decode with contexts
+    texts = [t for t, _ in TEXTS]
+    got = [[(e.start, e.end, e.label_) for e in doc.ents] for doc in nlp.pipe(texts)]
+    gold = list(nlp.pipe(texts, disable=["tokner_lora_ner"]))
+    idx, words = sentence_words(gold)
+    prompts = [pipe.codec.prompt_ids(w, c) for w, c in zip(words, sentence_contexts(idx, words, 1))]
+    assert pipe.codec.doc_prompts(idx, words) == prompts
+    results, _ = constrained_decode(pipe.lm, pipe.codec, words, 4, prompts=prompts)
+    from tokner.answers.tags import spans_from_tags
+
+    k, expected = 0, []
+    for doc, doc_sents in zip(gold, idx):
+        tags = ["O"] * len(doc)
+        for sent in doc_sents:
+            for i, t in zip(sent, results[k][0]):
+                tags[i] = t
+            k += 1
+        expected.append(list(spans_from_tags(tags, [bool(t.is_sent_start) for t in doc], [t.is_space for t in doc])))
+    assert got == [[(s, e, label) for s, e, label in spans] for spans in expected]
+    # and the free-generation path takes the same prompts
+    free = spacy.load(tmp_path / "ctx" / "model-best", config={"components": {"tokner_lora_ner": {
+        "decoding": "free", "max_new_tokens_factor": 0.5}}})
+    assert free(texts[0]).text == texts[0] and free.get_pipe("tokner_lora_ner").last_stats.sentences == 2
+    with pytest.raises(ValueError, match="context_sentences must be an integer >= 0"):
+        spacy.load(tmp_path / "ctx" / "model-best", config={"components": {"tokner_lora_ner": {"context_sentences": -1}}})

@@ -599,8 +599,11 @@ def answer_lines(counts, limits):
 
 
 def free_generate(model, codec: LabelCodec, sentences: Sequence[Sequence[str]], batch_size: int = 8,
-                  max_new_tokens_factor: float = 1.25, progress: bool = False):
+                  max_new_tokens_factor: float = 1.25, progress: bool = False,
+                  prompts: Optional[Sequence[Sequence[int]]] = None):
     """Greedy answers (strings), parsed by :func:`tokner.answers.align.align_answer`.
+
+    ``prompts``: each sentence's prompt as token ids (default: ``codec.prompt_ids(words)``).
 
     Returns ([(tags, probs)], stats); ``probs`` are 1.0 (free generation keeps no
     label distribution) and ``stats.well_formed`` counts fully aligned answers.
@@ -616,6 +619,8 @@ def free_generate(model, codec: LabelCodec, sentences: Sequence[Sequence[str]], 
     results: List[Optional[Tuple[List[str], List[float]]]] = [None] * len(sentences)
     answers: List[str] = [""] * len(sentences)
     stats = DecodeStats(sentences=len(sentences), words=sum(len(s) for s in sentences))
+    if prompts is not None and len(prompts) != len(sentences):
+        raise ValueError(f"{len(prompts)} prompts for {len(sentences)} sentences")
     todo = [i for i, s in enumerate(sentences) if len(s)]
     for i, s in enumerate(sentences):
         if not len(s):
@@ -624,11 +629,11 @@ def free_generate(model, codec: LabelCodec, sentences: Sequence[Sequence[str]], 
     for batch in tqdm(length_batches([len(sentences[i]) for i in todo], batch_size), desc="free generation",
                       unit="batch", disable=not progress):
         idx = [todo[j] for j in batch]
-        prompts = [codec.prompt_ids(sentences[i]) for i in idx]
-        width = max(len(p) for p in prompts)
+        rows = [codec.prompt_ids(sentences[i]) if prompts is None else list(prompts[i]) for i in idx]
+        width = max(len(p) for p in rows)
         ids = torch.full((len(idx), width), codec.pad_id, dtype=torch.long)
         att = torch.zeros((len(idx), width), dtype=torch.long)
-        for b, p in enumerate(prompts):
+        for b, p in enumerate(rows):
             ids[b, width - len(p):] = torch.tensor(p)
             att[b, width - len(p):] = 1
         budget = max(answer_token_budget(codec, sentences[i], max_new_tokens_factor) for i in idx)

@@ -191,7 +191,7 @@ def tune_label_bias(nlp, gold_docs, pipe_name: Optional[str] = None, metric: str
         o_bias = {"O": o} if o else {}
         results, stats = constrained_decode(pipe.lm, pipe.codec, sents, pipe.cfg["batch_size"], bio=bio,
                                             progress=progress, call_cost=pipe.cfg["call_cost"], label_bias=o_bias,
-                                            trace=trace)
+                                            trace=trace, prompts=pipe.codec.doc_prompts(index, sents))
         base_tags = [tags for tags, _ in results]
         decisions = type_decisions(trace)
         cache: Dict[Tuple, Dict[str, Any]] = {}

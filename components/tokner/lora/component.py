@@ -50,6 +50,9 @@ class LoraNER:
     adapter: a peft adapter folder to start from (None: ``from_disk`` or training sets it).
     labels: entity labels; instruction, input_format: the prompt (see
         :class:`tokner.lora.prompt.PromptCodec`).
+    context_sentences: how many sentences before each one (same document) its prompt
+        carries as context (0: none). Set before training: an adapter is trained for one
+        prompt layout.
     decoding: "constrained" (only valid tags) or "free" (the paper's free generation).
     bio_constraint: in constrained decoding, forbid an I- tag that continues nothing.
     batch_size: sentences per model call.
@@ -84,6 +87,7 @@ class LoraNER:
         labels: Sequence[str] = ALL_LABELS,
         instruction: str = "short",
         input_format: str = "lines",
+        context_sentences: int = 0,
         decoding: str = "constrained",
         bio_constraint: bool = True,
         batch_size: int = 16,
@@ -113,6 +117,9 @@ class LoraNER:
         if bundle_dtype not in BUNDLE_DTYPES:
             raise ValueError(f"[{name}] bundle_dtype must be one of {BUNDLE_DTYPES}, got {bundle_dtype!r}")
         try:
+            from tokner.lora.prompt import check_context_sentences
+
+            check_context_sentences(context_sentences)
             check_call_cost(call_cost)
             check_speculate(speculate)
             label_bias = check_label_bias(label_bias, labels)
@@ -122,7 +129,7 @@ class LoraNER:
         self.name = name
         self.cfg: Dict[str, Any] = {
             "base_model": base_model, "labels": list(labels), "instruction": instruction,
-            "input_format": input_format, "decoding": decoding, "bio_constraint": bio_constraint,
+            "input_format": input_format, "context_sentences": context_sentences, "decoding": decoding, "bio_constraint": bio_constraint,
             "batch_size": batch_size, "call_cost": call_cost, "speculate": speculate,
             "label_bias": label_bias,
             "max_new_tokens_factor": max_new_tokens_factor,
@@ -198,7 +205,8 @@ class LoraNER:
         if self._codec is None:
             from tokner.lora.prompt import PromptCodec
 
-            self._codec = PromptCodec(self.tokenizer, self.labels, self.cfg["instruction"], self.cfg["input_format"])
+            self._codec = PromptCodec(self.tokenizer, self.labels, self.cfg["instruction"], self.cfg["input_format"],
+                                      self.cfg.get("context_sentences", 0))
         return self._codec
 
     @property
@@ -261,28 +269,43 @@ class LoraNER:
         for docs in minibatch(stream, size):
             yield from self.predict_docs(docs)
 
-    def predict_sentences(self, sentences: Sequence[Sequence[str]], progress: bool = False):
-        """[(tags, probabilities)] for word lists; stats of the run in ``self.last_stats``."""
+    def predict_sentences(self, sentences: Sequence[Sequence[str]], progress: bool = False,
+                          contexts: Optional[Sequence[Sequence[str]]] = None):
+        """[(tags, probabilities)] for word lists; stats of the run in ``self.last_stats``.
+
+        contexts: each sentence's context words (with ``context_sentences`` > 0; None:
+        every sentence without context, as a document's first)."""
         from tokner.decoding.constrained import constrained_decode, free_generate
 
+        prompts = None
+        if self.codec.context_sentences:
+            if contexts is not None and len(contexts) != len(sentences):
+                raise ValueError(f"[{self.name}] {len(contexts)} contexts for {len(sentences)} sentences")
+            prompts = [self.codec.prompt_ids(w, contexts[k] if contexts is not None else [])
+                       for k, w in enumerate(sentences)]
         if self.decoding == "constrained":
             out, stats = constrained_decode(self.lm, self.codec, sentences, self.cfg["batch_size"],
                                             bio=self.cfg["bio_constraint"], progress=progress,
                                             call_cost=self.cfg["call_cost"], label_bias=self.cfg.get("label_bias"),
-                                            speculate=self.cfg["speculate"])
+                                            speculate=self.cfg["speculate"], prompts=prompts)
         else:
             if self.cfg.get("label_bias"):
                 logger.warning("[%s] label_bias applies to constrained decoding only; free generation ignores it",
                                self.name)
             out, stats = free_generate(self.lm, self.codec, sentences, self.cfg["batch_size"],
-                                       self.cfg["max_new_tokens_factor"], progress=progress)
+                                       self.cfg["max_new_tokens_factor"], progress=progress, prompts=prompts)
         self.last_stats = stats
         return out
 
     def predict_docs(self, docs: Sequence[Doc], progress: bool = False) -> List[Doc]:
         docs = list(docs)
         sent_index, sentences = sentence_words(docs)
-        results = iter(self.predict_sentences(sentences, progress=progress) if sentences else [])
+        contexts = None
+        if self.cfg.get("context_sentences"):
+            from tokner.lora.prompt import sentence_contexts
+
+            contexts = sentence_contexts(sent_index, sentences, self.cfg["context_sentences"])
+        results = iter(self.predict_sentences(sentences, progress=progress, contexts=contexts) if sentences else [])
         for doc, sents in zip(docs, sent_index):
             tags = ["O"] * len(doc)
             probs = [1.0] * len(doc)
@@ -474,6 +497,7 @@ class LoraNER:
         "labels": list(ALL_LABELS),
         "instruction": "short",
         "input_format": "lines",
+        "context_sentences": 0,
         "decoding": "constrained",
         "bio_constraint": True,
         "batch_size": 16,
@@ -502,6 +526,7 @@ def make_lora_ner(
     labels: List[str],
     instruction: str,
     input_format: str,
+    context_sentences: int,
     decoding: str,
     bio_constraint: bool,
     batch_size: int,
@@ -522,7 +547,7 @@ def make_lora_ner(
 ) -> LoraNER:
     return LoraNER(
         nlp, name, base_model=base_model, adapter=adapter, labels=labels, instruction=instruction,
-        input_format=input_format, decoding=decoding, bio_constraint=bio_constraint, batch_size=batch_size,
+        input_format=input_format, context_sentences=context_sentences, decoding=decoding, bio_constraint=bio_constraint, batch_size=batch_size,
         call_cost=call_cost, speculate=speculate, label_bias=label_bias, max_new_tokens_factor=max_new_tokens_factor, merge_adapter=merge_adapter,
         grouped_attention=grouped_attention, device=device,
         torch_dtype=torch_dtype, load_in_4bit=load_in_4bit, torch_threads=torch_threads, bundle_base=bundle_base,

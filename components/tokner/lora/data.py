@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Mapping, Sequence, Tuple
+from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
@@ -24,6 +24,19 @@ def sentences_from_docs(docs: Iterable[Doc], labels: Sequence[str]) -> List[Tupl
         for sent in sentence_token_lists(doc):
             out.append(([doc[i].text for i in sent], clean_tags([tags[i] for i in sent], labels)))
     return out
+
+
+def contexts_from_docs(docs: Iterable[Doc], n: int) -> List[List[str]]:
+    """For each sentence of :func:`sentences_from_docs` (same order), the words of up to
+    ``n`` sentences before it in its document (:func:`tokner.lora.prompt.sentence_contexts`)."""
+    from tokner.lora.prompt import sentence_contexts
+
+    index, sentences = [], []
+    for doc in docs:
+        sents = sentence_token_lists(doc)
+        index.append(sents)
+        sentences += [[doc[i].text for i in sent] for sent in sents]
+    return sentence_contexts(index, sentences, n)
 
 
 def read_docbin(path, vocab: Vocab, limit: int = 0) -> List[Doc]:
@@ -59,11 +72,12 @@ class Encoded:
 
 
 def encode_example(codec: PromptCodec, words: Sequence[str], tags: Sequence[str], max_length: int = 0,
-                   loss_on: str = "answer") -> Encoded:
-    """Prompt + answer ids; loss only on the answer (``"answer"``) or only on its tag tokens and eos (``"labels"``)."""
+                   loss_on: str = "answer", context: Optional[Sequence[str]] = None) -> Encoded:
+    """Prompt + answer ids; loss only on the answer (``"answer"``) or only on its tag tokens and eos (``"labels"``).
+    ``context``: the words before the sentence (used when the codec has ``context_sentences``)."""
     if loss_on not in LOSS_ON:
         raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
-    prompt = codec.prompt_ids(words)
+    prompt = codec.prompt_ids(words, context)
     answer, is_tag = codec.answer_ids(words, tags)
     ids = prompt + answer
     if loss_on == "answer":

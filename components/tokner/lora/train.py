@@ -223,7 +223,8 @@ def evaluate_adapter(model, codec, gold_docs: Sequence[Doc], batch_size: int, bi
     model.eval()
     start = time.perf_counter()
     index, sents = sentence_words(gold_docs)
-    results, stats = constrained_decode(model, codec, sents, batch_size=batch_size, bio=bio, progress=progress)
+    results, stats = constrained_decode(model, codec, sents, batch_size=batch_size, bio=bio, progress=progress,
+                                        prompts=codec.doc_prompts(index, sents))
     scores = score_sentence_tags(gold_docs, index, [tags for tags, _ in results])
     if was_training:
         model.train()
@@ -378,7 +379,8 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
     from transformers.trainer_utils import get_last_checkpoint
 
     from tokner.scoring.evaluation import load_gold_docs
-    from tokner.lora.data import collate, encode_example, oversample_indices, read_docbin, sentences_from_docs
+    from tokner.lora.data import (collate, contexts_from_docs, encode_example, oversample_indices, read_docbin,
+                                  sentences_from_docs)
     from tokner.lora.modeling import (adapter_state, attach_adapter, load_base_model, make_lora_config, require_lora_deps,
                                       resolve_device, save_adapter)
     from tqdm import tqdm
@@ -401,10 +403,11 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
         raise ValueError(f"{config_path}: set [paths] train (a DocBin)")
     train_docs = read_docbin(train_path, nlp.vocab)
     train_sents = sentences_from_docs(train_docs, pipe.labels)
+    contexts = contexts_from_docs(train_docs, codec.context_sentences) if codec.context_sentences else None
     if T["train_limit"]:
         train_sents = train_sents[: int(T["train_limit"])]
-    encoded = [encode_example(codec, w, t, int(T["max_length"]), T["loss_on"]) for w, t in
-               tqdm(train_sents, desc="encode train", unit="sent", disable=not progress)]
+    encoded = [encode_example(codec, w, t, int(T["max_length"]), T["loss_on"], contexts[k] if contexts else None)
+               for k, (w, t) in enumerate(tqdm(train_sents, desc="encode train", unit="sent", disable=not progress))]
     n_truncated = sum(e.truncated for e in encoded)
     pool = oversample_indices([t for _, t in train_sents], T["oversample"], pipe.labels)
     dataset = [encoded[i] for i in pool]
