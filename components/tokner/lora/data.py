@@ -29,14 +29,10 @@ def sentences_from_docs(docs: Iterable[Doc], labels: Sequence[str]) -> List[Tupl
 def contexts_from_docs(docs: Iterable[Doc], n: int) -> List[List[str]]:
     """For each sentence of :func:`sentences_from_docs` (same order), the words of up to
     ``n`` sentences before it in its document (:func:`tokner.lora.prompt.sentence_contexts`)."""
+    from tokner.answers.tags import sentence_words
     from tokner.lora.prompt import sentence_contexts
 
-    index, sentences = [], []
-    for doc in docs:
-        sents = sentence_token_lists(doc)
-        index.append(sents)
-        sentences += [[doc[i].text for i in sent] for sent in sents]
-    return sentence_contexts(index, sentences, n)
+    return sentence_contexts(*sentence_words(list(docs)), n)
 
 
 def read_docbin(path, vocab: Vocab, limit: int = 0) -> List[Doc]:
