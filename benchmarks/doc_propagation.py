@@ -23,8 +23,7 @@ import spacy
 from spacy.tokens import Doc
 
 from tokner.cli import _load_aligned_predictions
-from tokner.ensemble import copy_doc, paper_row, set_ents
-from tokner.scoring.scorer import PAPER_LABELS
+from tokner.ensemble import copy_doc, paper_row, paper_rows_markdown, set_ents
 
 
 def occurrences(doc: Doc, text: str) -> List[Tuple[int, int]]:
@@ -71,15 +70,12 @@ def main() -> None:
     annotated, free = gold_repeats(gold)
     print(f"gold: occurrences of gold entity texts annotated {annotated}, "
           f"neither annotated nor inside an entity {free}")
-    cols = ["avg", "micro5", *PAPER_LABELS]
-    print("| predictions | " + " | ".join(cols) + " |")
-    print("|" + "---|" * (len(cols) + 1))
+    rows = {}
     for name, docs in members.items():
-        rows = {name: paper_row(gold, docs)}
+        rows[name] = paper_row(gold, docs)
         for m in args.min_chars:
             rows[f"{name} propagated (>= {m} chars)"] = paper_row(gold, [propagate(d, m) for d in docs])
-        for row, r in rows.items():
-            print(f"| {row} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+    print(paper_rows_markdown(rows))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import spacy
 import tokner.ensemble as ens
 from tokner.cli import _load_aligned_predictions
 from tokner.doctype import find_component, relabel
-from tokner.ensemble import copy_doc as copy, cross_fit, paper_row, set_ents
+from tokner.ensemble import copy_doc as copy, cross_fit, paper_row, paper_rows_markdown, set_ents
 from tokner.scoring.scorer import PAPER_LABELS
 
 SINGLE = ens.DOC_TYPE_THRESHOLDS
@@ -68,11 +68,7 @@ def main() -> None:
         rows[name] = paper_row(gold, held)
         settings[name] = {"fold_settings": res["fold_settings"], "setting_all": res["setting_all"],
                           "seconds": round(time.perf_counter() - t0, 1)}
-    cols = ["avg", "micro5", *PAPER_LABELS]
-    print("| doc-type grid | " + " | ".join(cols) + " |")
-    print("|" + "---|" * (len(cols) + 1))
-    for name, r in rows.items():
-        print(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+    print(paper_rows_markdown(rows, first="doc-type grid"))
     for name, s in settings.items():
         print(name, json.dumps(s))
     if args.output:

@@ -237,7 +237,7 @@ def _cmd_ensemble_search(args) -> int:
     from spacy.tokens import DocBin
     from spacy.training import Example
 
-    from tokner.ensemble import apply_consistency, copy_doc as copy, cross_fit, paper_row, set_ents
+    from tokner.ensemble import apply_consistency, copy_doc as copy, cross_fit, paper_row, paper_rows_markdown, set_ents
     from tokner.scoring.scorer import PAPER_LABELS, score_paper_ner
 
     if args.repeats < 0:
@@ -281,11 +281,7 @@ def _cmd_ensemble_search(args) -> int:
     held = held_docs(result)
     key = f"vote({'+'.join(members)}){' + doc type' if doc_probs is not None else ''}, cross-fit {args.folds} folds"
     rows[key] = paper(held)
-    cols = ["avg", "micro5", *PAPER_LABELS]
-    print("| " + " | ".join(["predictions", *cols]) + " |")
-    print("|" + "---|" * (len(cols) + 1))
-    for name, r in rows.items():
-        print(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+    print(paper_rows_markdown(rows))
     print(f"setting chosen on each fold's other documents: {result['fold_settings']}")
     print(f"setting chosen on all documents (for a pipeline): {result['setting_all']}")
     spread = None
@@ -302,7 +298,7 @@ def _cmd_ensemble_search(args) -> int:
                           seed=seed, strata=strata, choose_all=False)
             runs.append({"seed": seed, **paper(held_docs(r)), "fold_settings": r["fold_settings"]})
         spread = {"row": key, "runs": runs}
-        for c in cols:
+        for c in ["avg", "micro5", *PAPER_LABELS]:
             values = [r[c] for r in runs]
             spread[c] = {"mean": statistics.fmean(values), "sd": statistics.pstdev(values),
                          "min": min(values), "max": max(values)}

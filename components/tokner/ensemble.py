@@ -188,6 +188,16 @@ def paper_row(gold: Sequence[Doc], pred: Sequence[Doc]) -> Dict[str, float]:
             **{t: s["spans_paper_per_type"][t]["f"] for t in PAPER_LABELS}}
 
 
+def paper_rows_markdown(rows: Dict[str, Dict[str, float]], first: str = "predictions") -> str:
+    """:func:`paper_row` results as a Markdown table, one line per row name."""
+    from tokner.scoring.scorer import PAPER_LABELS
+
+    cols = ["avg", "micro5", *PAPER_LABELS]
+    lines = ["| " + " | ".join([first, *cols]) + " |", "|" + "---|" * (len(cols) + 1)]
+    lines += [f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |" for name, r in rows.items()]
+    return "\n".join(lines)
+
+
 def objective(scores: Dict[str, float]) -> float:
     """What the checkpoints of this project are chosen on: 0.5 micro-5 + 0.5 Avg."""
     return 0.5 * scores["micro"] + 0.5 * scores["avg"]
