@@ -218,3 +218,65 @@ def test_length_groups_predict_what_one_padded_batch_predicts_with_less_padding(
                                       atol=1e-5)
         for extra_a, extra_b in zip(ta.tensors[1:], tb.tensors[1:]):  # the pooler output, per window
             numpy.testing.assert_allclose(extra_a, extra_b, atol=1e-5)
+
+
+def test_bidirectional_lets_a_decoder_see_the_right_context_and_ignores_padding(tmp_path):
+    import torch
+    from transformers import AutoModel
+
+    from tiny_models import make_tiny_llama
+    from tokner.encoders.spans import bidirectional_module
+
+    folder = make_tiny_llama(tmp_path / "tiny-llama")
+    causal = AutoModel.from_pretrained(folder).eval()
+    both = AutoModel.from_pretrained(folder).eval()
+    assert bidirectional_module(both) and bidirectional_module(both)  # once per module
+    assert all(not m.is_causal for m in both.modules() if hasattr(m, "is_causal"))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    changed = torch.tensor([[5, 6, 7, 9]])  # only the last token differs
+    with torch.no_grad():
+        def hidden(model, x, mask=None):
+            return model(input_ids=x, attention_mask=mask if mask is not None else torch.ones_like(x)).last_hidden_state
+        # causal: the first token's state does not depend on later tokens; bidirectional: it does
+        assert torch.equal(hidden(causal, ids)[0, 0], hidden(causal, changed)[0, 0])
+        assert not torch.allclose(hidden(both, ids)[0, 0], hidden(both, changed)[0, 0])
+        # the same tokens with two padding positions on the right: their states are unchanged
+        padded = torch.tensor([[5, 6, 7, 8, 2, 2]])
+        mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+        torch.testing.assert_close(hidden(both, padded, mask)[0, :4], hidden(both, ids)[0], atol=1e-5, rtol=1e-4)
+    # an encoder (no causal layers) is left alone
+    from tiny_models import make_tiny_bert
+
+    bert = AutoModel.from_pretrained(make_tiny_bert(tmp_path / "tiny-bert", ["aa", "bb"]))
+    assert not bidirectional_module(bert)
+
+
+def test_a_bidirectional_decoder_pipeline_trains_and_round_trips(tiny_corpus, tmp_path):
+    """SmolLM2's tokenizer on a tiny random llama, as configs/bert.cfg with the decoder settings
+    of docs/methods.md ("A decoder as the encoder")."""
+    from tiny_models import make_tiny_llama
+
+    folder = make_tiny_llama(tmp_path / "tiny-llama", layers=2)
+    settings = {
+        "paths.transformer": str(folder), "training.optimizer.learn_rate.warmup_steps": 2,
+        "components.transformer.model.bidirectional": True,
+        "components.transformer.model.transformer_config": {"use_cache": False},
+        "components.transformer.model.tokenizer_config": {
+            "use_fast": True, "tokenizer_type": "gpt2", "pad_token": "<|im_end|>", "padding_side": "right"},
+    }
+    best = _train(BERT_CFG, tmp_path / "decoder", tiny_corpus, **settings)
+    nlp = spacy.load(best)
+    texts = [d.text for d in DocBin().from_disk(tiny_corpus["dev"]).get_docs(nlp.vocab)]
+    docs = list(nlp.pipe(texts))
+    torch_model = nlp.get_pipe("transformer").model.layers[0].shims[0]._model
+    assert type(torch_model).__name__ == "LlamaModel"
+    assert torch_model.__dict__.get("_tokner_bidirectional")
+    assert all(not m.is_causal for m in torch_model.modules() if hasattr(m, "is_causal"))
+    for doc in docs:  # every token has a vector: the wordpieces line up with the tokens
+        assert doc._.trf_data.align.lengths.min() >= 1 or not len(doc)
+    nlp.to_disk(tmp_path / "copy")
+    again = spacy.load(tmp_path / "copy")
+    assert _ents(again, texts) == _ents(nlp, texts)
+    # the loaded copy attends both ways too: the same windows give the same states
+    for doc, copy in zip(docs, again.pipe(texts)):
+        assert (copy._.trf_data.tensors[0] == doc._.trf_data.tensors[0]).all()

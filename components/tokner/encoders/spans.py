@@ -189,9 +189,43 @@ def autocast_module(module, dtype: str) -> bool:
     return True
 
 
-def _with_cpu_autocast(model, dtype: str):
-    """Wrap the TransformerModel's forward so that the Hugging Face module (created by
-    ``initialize`` or by loading, so only known at the first call) runs under CPU autocast."""
+def _padding_only_mask(module, args, kwargs):
+    """Forward pre-hook: replace a 2D padding mask by a 4D boolean one (batch, 1, query, key)
+    that hides padding and nothing else, so a decoder-only model's layers attend to both
+    sides (transformers uses a 4D mask as it is, and its sdpa attention is causal only when
+    no mask is given)."""
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        keys = mask.bool()[:, None, None, :]
+        kwargs["attention_mask"] = keys.expand(-1, 1, mask.shape[1], -1)
+    return args, kwargs
+
+
+def bidirectional_module(module) -> bool:
+    """Make a Hugging Face decoder (a ``LlamaModel`` and the like) attend to both sides:
+    every attention layer's ``is_causal`` set to False and its padding mask passed in 4D.
+    Once per module; returns whether anything was changed (False for a model whose
+    attention is already bidirectional, such as BERT)."""
+    if module.__dict__.get("_tokner_bidirectional"):
+        return True
+    layers = [m for m in module.modules() if getattr(m, "is_causal", False) is True]
+    if not layers:
+        return False
+    if getattr(module.config, "_attn_implementation", "sdpa") != "sdpa":
+        # eager attention adds the mask to the scores, so it would need a float mask
+        raise ValueError("tokner.TransformerModel.v1: bidirectional needs the sdpa attention, "
+                         f"not {module.config._attn_implementation!r}")
+    for layer in layers:
+        layer.is_causal = False
+    module.register_forward_pre_hook(_padding_only_mask, with_kwargs=True)
+    module.__dict__["_tokner_bidirectional"] = True
+    return True
+
+
+def _with_module_setup(model, setups):
+    """Wrap the TransformerModel's forward so that each of ``setups`` (functions of the
+    Hugging Face module: CPU autocast, bidirectional attention) is applied to the module,
+    which ``initialize`` or loading creates, so it is only known at the first call."""
     inner = model._func
 
     def forward(model, docs, is_train):
@@ -199,7 +233,8 @@ def _with_cpu_autocast(model, dtype: str):
             for shim in model.layers[0].shims:
                 torch_model = getattr(shim, "_model", None)
                 if torch_model is not None:
-                    autocast_module(torch_model, dtype)
+                    for setup in setups:
+                        setup(torch_model)
         return inner(model, docs, is_train)
 
     model._func = forward
@@ -210,7 +245,8 @@ def _with_cpu_autocast(model, dtype: str):
 def make_transformer_model(name: str, get_spans: Callable, tokenizer_config: Dict = {},
                            transformer_config: Dict = {}, mixed_precision: bool = False,
                            grad_scaler_config: Dict = {}, cpu_autocast: str = "float32",
-                           length_groups: bool = True, group_overhead: int = GROUP_OVERHEAD):
+                           length_groups: bool = True, group_overhead: int = GROUP_OVERHEAD,
+                           bidirectional: bool = False):
     """spacy-transformers' ``TransformerModel.v3`` (same arguments, same weights on disk),
     which also hands itself to a span getter that needs its tokenizer (one with a
     ``bind`` method, such as ``tokner.wordpiece_spans.v1``), and can run the encoder in
@@ -234,6 +270,9 @@ def make_transformer_model(name: str, get_spans: Callable, tokenizer_config: Dic
         predictions, less padding; :mod:`tokner.encoders.buckets`). Training is unchanged.
     group_overhead: a group's fixed cost in padded positions, which sets how many groups
         a batch is cut into.
+    bidirectional: let a decoder-only model (SmolLM2, Llama, ...) attend to both sides, as
+        an encoder does: its causal mask is replaced by a padding-only one (sdpa attention).
+        Fine-tuning then teaches it to use the right context. No effect on an encoder.
     """
     cpu_autocast = resolve_cpu_autocast(cpu_autocast)
     if group_overhead < 0:
@@ -245,6 +284,11 @@ def make_transformer_model(name: str, get_spans: Callable, tokenizer_config: Dic
     if length_groups:
         encoder = model.layers[0]
         encoder._func = grouped_forward(encoder._func, group_overhead)
+    setups = []
+    if bidirectional:
+        setups.append(bidirectional_module)
     if cpu_autocast != "float32":
-        _with_cpu_autocast(model, cpu_autocast)
+        setups.append(lambda module: autocast_module(module, cpu_autocast))
+    if setups:
+        _with_module_setup(model, setups)
     return model
