@@ -145,10 +145,17 @@ def test_best_workflow_writes_beside_all_not_over_it():
     cfg = load_project_config(ROOT, overrides={"vars.raredis_dir": "x", **{f"vars.{k}": v for k, v in best_vars.items()}})
     commands = {c["name"]: c for c in cfg["commands"]}
     steps = cfg["workflows"]["best"]
-    assert steps[-2:] == ["ensemble", "bert-doc-type"]
+    assert steps[-3:] == ["ensemble", "bert-doc-type", "ensemble-decoder"]
     outputs = [o for s in steps for o in commands[s].get("outputs", [])]
     trained = [o for o in outputs if o.startswith(("training", "metrics"))]
     assert "training/best/ensemble" in trained and "metrics/best/lora-dev.spacy" in trained
-    assert "training/best/bert_doc_type" in trained
+    assert "training/best/bert_doc_type" in trained and "training/best/ensemble_decoder" in trained
     assert all(o.startswith(("training/best/", "metrics/best/")) for o in trained), trained
     assert "--lora.max_steps 1600" in commands["train-lora"]["script"][0]
+    # the decoder member: SmolLM2's first 12 layers attending both ways, its tokenizer's pad token quoted
+    from weasel.util import split_command
+
+    argv = split_command(commands["train-decoder"]["script"][0])
+    assert argv[argv.index("--components.transformer.model.bidirectional") + 1] == "true"
+    assert argv[argv.index("--components.transformer.model.tokenizer_config.pad_token") + 1] == "<|im_end|>"
+    assert "decoder=metrics/best/decoder-dev.spacy" in commands["ensemble-decoder"]["script"][0]
