@@ -2,6 +2,7 @@
 transformer's own wordpieces, in a pipeline that trains, predicts and round-trips."""
 from __future__ import annotations
 
+import numpy
 import pytest
 import spacy
 from spacy.tokens import DocBin
@@ -231,6 +232,7 @@ def test_bidirectional_lets_a_decoder_see_the_right_context_and_ignores_padding(
     causal = AutoModel.from_pretrained(folder).eval()
     both = AutoModel.from_pretrained(folder).eval()
     assert bidirectional_module(both) and bidirectional_module(both)  # once per module
+    assert causal.config.use_cache and not both.config.use_cache  # no key/value cache for an encoder
     assert all(not m.is_causal for m in both.modules() if hasattr(m, "is_causal"))
     ids = torch.tensor([[5, 6, 7, 8]])
     changed = torch.tensor([[5, 6, 7, 9]])  # only the last token differs
@@ -280,3 +282,27 @@ def test_a_bidirectional_decoder_pipeline_trains_and_round_trips(tiny_corpus, tm
     # the loaded copy attends both ways too: the same windows give the same states
     for doc, copy in zip(docs, again.pipe(texts)):
         assert (copy._.trf_data.tensors[0] == doc._.trf_data.tensors[0]).all()
+
+
+def test_length_groups_merge_keeps_encoder_outputs_and_leaves_out_a_decoders_cache():
+    import torch
+    from transformers.cache_utils import DynamicCache
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    from tokner.encoders.buckets import _merge
+
+    groups = [numpy.array([1]), numpy.array([0, 2])]
+    first = torch.ones(1, 2, 3)
+    second = torch.full((2, 4, 3), 2.0)
+    outputs = [BaseModelOutputWithPast(last_hidden_state=first, past_key_values=DynamicCache(),
+                                       hidden_states=(first, first)),
+               BaseModelOutputWithPast(last_hidden_state=second, past_key_values=DynamicCache(),
+                                       hidden_states=(second, second))]
+    merged = _merge(outputs, groups, rows=3, length=4)
+    assert list(merged.keys()) == ["last_hidden_state", "hidden_states"]
+    state = merged.last_hidden_state
+    assert state.shape == (3, 4, 3)
+    # row 1 is the short group's: its two positions, then zero padding; rows 0 and 2 the long group's
+    assert state[1, :2].eq(1).all() and state[1, 2:].eq(0).all()
+    assert state[0].eq(2).all() and state[2].eq(2).all()
+    assert all(torch.equal(h, state) for h in merged.hidden_states)

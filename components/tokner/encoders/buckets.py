@@ -65,7 +65,9 @@ def _pad_rows(tensor, rows: int, length: int):
 def _merge(outputs: List, groups: List[numpy.ndarray], rows: int, length: int):
     """One ModelOutput of ``rows`` rows from the groups' outputs: tensors with a position
     axis (``last_hidden_state``, each of ``hidden_states``) padded with zeros to ``length``,
-    per-row tensors (``pooler_output``) put back in row order."""
+    per-row tensors (``pooler_output``) put back in row order. Anything else, such as a
+    decoder's key/value cache (``past_key_values``), is no encoder output that
+    spacy-transformers reads, and is left out."""
     import torch
 
     first = outputs[0]
@@ -74,7 +76,8 @@ def _merge(outputs: List, groups: List[numpy.ndarray], rows: int, length: int):
         values = [out[key] for out in outputs]
         if isinstance(values[0], torch.Tensor):
             merged[key] = _scatter(values, groups, rows, length)
-        else:  # a tuple of tensors, e.g. hidden_states
+        elif isinstance(values[0], tuple) and all(isinstance(v, torch.Tensor) for v in values[0]):
+            # a tuple of tensors, e.g. hidden_states
             merged[key] = tuple(_scatter([v[i] for v in values], groups, rows, length) for i in range(len(values[0])))
     return merged
 

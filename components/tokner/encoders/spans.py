@@ -217,6 +217,8 @@ def bidirectional_module(module) -> bool:
                          f"not {module.config._attn_implementation!r}")
     for layer in layers:
         layer.is_causal = False
+    # a key/value cache only serves generation, which a model attending both ways cannot do
+    module.config.use_cache = False
     module.register_forward_pre_hook(_padding_only_mask, with_kwargs=True)
     module.__dict__["_tokner_bidirectional"] = True
     return True
