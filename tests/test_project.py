@@ -145,12 +145,18 @@ def test_best_workflow_writes_beside_all_not_over_it():
     cfg = load_project_config(ROOT, overrides={"vars.raredis_dir": "x", **{f"vars.{k}": v for k, v in best_vars.items()}})
     commands = {c["name"]: c for c in cfg["commands"]}
     steps = cfg["workflows"]["best"]
-    assert steps[-3:] == ["ensemble", "bert-doc-type", "ensemble-decoder"]
+    assert steps[-4:] == ["ensemble", "bert-doc-type", "ensemble-decoder", "compare-best"]
+    # compare-best reads only what the workflow's steps write, and writes its report beside `all`'s
+    produced = {o for s in steps for o in commands[s].get("outputs", [])}
+    assert set(commands["compare-best"]["deps"]) <= produced | {"corpus/dev.spacy"}
+    assert commands["compare-best"]["outputs"][0] == "reports/best/comparison.md"
+    assert "ensemble-decoder=metrics/best/ensemble_decoder-dev.json" in commands["compare-best"]["script"][0]
     outputs = [o for s in steps for o in commands[s].get("outputs", [])]
     trained = [o for o in outputs if o.startswith(("training", "metrics"))]
     assert "training/best/ensemble" in trained and "metrics/best/lora-dev.spacy" in trained
     assert "training/best/bert_doc_type" in trained and "training/best/ensemble_decoder" in trained
     assert all(o.startswith(("training/best/", "metrics/best/")) for o in trained), trained
+    assert all(o.startswith(("training/best/", "metrics/best/", "reports/best/", "corpus/", "assets/")) for o in outputs), outputs
     assert "--lora.max_steps 1600" in commands["train-lora"]["script"][0]
     # the decoder member: SmolLM2's first 12 layers attending both ways, its tokenizer's pad token quoted
     from weasel.util import split_command
