@@ -1,0 +1,56 @@
+"""The helpers of two lever benchmarks (benchmarks/label_thresholds.py, benchmarks/doc_type_hpo.py)
+on inputs small enough to check by hand."""
+import importlib.util
+from pathlib import Path
+
+import spacy
+
+from tokner.ensemble import vote as library_vote
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_per_type_thresholds_keep_a_type_the_single_threshold_drops_and_resolve_overlaps_after():
+    lt = _load("label_thresholds")
+    members = {"a": [(0, 5, "SIGN"), (10, 15, "SYMPTOM"), (20, 30, "DISEASE")],
+               "b": [(0, 5, "SIGN"), (20, 25, "SYMPTOM")],
+               "c": [(0, 5, "SIGN"), (20, 30, "DISEASE")]}
+    weights = {"a": 1.0, "b": 1.0, "c": 1.0}
+    # one threshold: the same as the library's vote
+    assert lt.vote(members, weights, 2.0) == library_vote(members, weights, 2.0) == [(0, 5, "SIGN"), (20, 30, "DISEASE")]
+    # SYMPTOM at 1: both SYMPTOM spans pass; the one overlapping the DISEASE span (score 2) loses to it
+    per_type = {"SIGN": 2.0, "SYMPTOM": 1.0, "DISEASE": 2.0}
+    assert lt.vote(members, weights, per_type) == [(0, 5, "SIGN"), (10, 15, "SYMPTOM"), (20, 30, "DISEASE")]
+    # DISEASE out of reach: the SYMPTOM span inside it is kept instead
+    assert lt.vote(members, weights, {**per_type, "DISEASE": 3.0}) == [(0, 5, "SIGN"), (10, 15, "SYMPTOM"), (20, 25, "SYMPTOM")]
+
+
+def test_hpo_concept_tokens_mark_skin_and_other_phenotypes(tmp_path):
+    hpo = _load("doc_type_hpo")
+    (tmp_path / "hp.obo").write_text(
+        "format-version: 1.2\n\n"
+        "[Term]\nid: HP:0000118\nname: Phenotypic abnormality\n\n"
+        "[Term]\nid: HP:0001574\nname: Abnormality of the integument\nis_a: HP:0000118 ! Phenotypic abnormality\n\n"
+        "[Term]\nid: HP:0008064\nname: Ichthyosis\nsynonym: \"Scaly skin\" EXACT []\nsynonym: \"Fish skin\" RELATED []\n"
+        "is_a: HP:0001574 ! Abnormality of the integument\n\n"
+        "[Term]\nid: HP:0001250\nname: Seizure\nis_a: HP:0000118 ! Phenotypic abnormality\n\n"
+        "[Term]\nid: HP:0000001\nname: All\n\n"
+        "[Term]\nid: HP:0009999\nname: Old skin term\nis_a: HP:0001574\nis_obsolete: true\n\n"
+        "[Typedef]\nid: part_of\nname: part of\n")
+    terms = hpo.read_obo(tmp_path / "hp.obo")
+    assert terms["HP:0008064"]["synonyms"] == ["Scaly skin"] and terms["HP:0008064"]["parents"] == ["HP:0001574"]
+    assert "part_of" not in terms and terms["HP:0009999"]["obsolete"]
+    assert hpo.descendants(terms, "HP:0001574") == {"HP:0001574", "HP:0008064", "HP:0009999"}
+    nlp = spacy.blank("en")
+    augment, info = hpo.concept_augmenter(tmp_path / "hp.obo", nlp)
+    text = "Scaly skin and a seizure; fish skin is not an exact synonym. Old skin term."
+    out = augment(nlp.make_doc(text))
+    assert out.startswith(text) and out[len(text):].split() == ["hpoxskin", "hpoxphen"]
+    assert info["names"] == {"hpoxskin": 3, "hpoxphen": 2}  # obsolete terms left out
