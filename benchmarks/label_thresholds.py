@@ -25,9 +25,8 @@ import itertools
 import json
 import statistics
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Sequence
 
 import spacy
 
@@ -42,36 +41,9 @@ _library_choose = ens.choose
 
 
 def vote(member_spans, weights, threshold, by_boundary=False):
-    """The library's vote; ``threshold`` may be a {label: threshold} dict: the spans are voted
-    kept at its label's own threshold, then overlaps resolved as in the library."""
-    if not isinstance(threshold, dict):
-        return _library_vote(member_spans, weights, threshold, by_boundary)
-    # the library's scoring, repeated here: its vote applies one threshold before removing overlaps
-    score: Dict = defaultdict(float)
-    label_weight: Dict = defaultdict(dict)
-    for name, spans in member_spans.items():
-        w = float(weights.get(name, 1.0))
-        for span in set(spans):
-            key = span[:2] if by_boundary else span
-            score[key] += w
-            if by_boundary:
-                label_weight[key][span[2]] = label_weight[key].get(span[2], 0.0) + w
-    if by_boundary:
-        labelled = {}
-        for key, total in score.items():
-            lw = label_weight[key]
-            best = max(lw.values())
-            labelled[(key[0], key[1], next(lab for lab, v in lw.items() if v == best))] = total
-        score = labelled
-    ranked = sorted((s for s in score if score[s] >= threshold[s[2]] - 1e-9),
-                    key=lambda s: (-score[s], -(s[1] - s[0]), s[0], s[2]))
-    taken, used = [], set()
-    for start, end, label in ranked:
-        if any(i in used for i in range(start, end)):
-            continue
-        used.update(range(start, end))
-        taken.append((start, end, label))
-    return sorted(taken)
+    """The library's vote (:func:`tokner.ensemble.vote` takes a {label: threshold} dict too:
+    each span kept at its label's threshold, overlaps resolved after)."""
+    return _library_vote(member_spans, weights, threshold, by_boundary)
 
 
 def choose_per_label(gold, members, labels: Sequence[str], doc_probs=None, passes: int = 2, **kw):

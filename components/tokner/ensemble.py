@@ -43,9 +43,10 @@ Triple = Tuple[int, int, str]
 DEFAULT_GROUPS = (("RAREDISEASE", "SKINRAREDISEASE"),)
 
 
-def vote(member_spans: Dict[str, Iterable[Triple]], weights: Dict[str, float], threshold: float,
+def vote(member_spans: Dict[str, Iterable[Triple]], weights: Dict[str, float], threshold: Any,
          by_boundary: bool = False) -> List[Triple]:
     """Weighted exact-span voting; returns non-overlapping (start, end, label) in text order.
+    ``threshold``: a number, or a {label: threshold} dict (each span kept at its label's).
 
     by_boundary: a span's score is the weight of the members that predicted its start and
     end with any label, and its label the one with the most weight among them (ties: the
@@ -67,7 +68,8 @@ def vote(member_spans: Dict[str, Iterable[Triple]], weights: Dict[str, float], t
             best = max(lw.values())
             labelled[(key[0], key[1], next(lab for lab, v in lw.items() if v == best))] = total
         score = labelled
-    ranked = sorted((s for s in score if score[s] >= threshold - 1e-9),
+    per_label = threshold if isinstance(threshold, dict) else None  # {label: threshold}: benchmarks/label_thresholds.py
+    ranked = sorted((s for s in score if score[s] >= (per_label[s[2]] if per_label else threshold) - 1e-9),
                     key=lambda s: (-score[s], -(s[1] - s[0]), s[0], s[2]))
     taken: List[Triple] = []
     used = set()
