@@ -27,7 +27,6 @@ import argparse
 import collections
 import json
 import re
-import statistics
 import time
 from pathlib import Path
 
@@ -148,26 +147,20 @@ def main() -> int:
               f"{r['dev_average_precision']:.3f} | {ranks} |", flush=True)
     if args.members:
         from tokner.cli import _load_aligned_predictions
-        from tokner.ensemble import copy_doc as copy, cross_fit, paper_row, set_ents
+        from tokner.ensemble import cross_fit_runs, spread
         from tokner.scoring.scorer import PAPER_LABELS
 
         gold, members = _load_aligned_predictions(args.dev, args.members, nlp)
         order = {d.text: i for i, d in enumerate(dv)}
-        strata = [doc_label(g) for g in gold]
         print(f"\nvote({'+'.join(members)}) + doc type, cross-fitted over {args.repeats} splits stratified by document type")
         print("| document-type model | Avg-5 mean (sd) | micro-5 mean (sd) | SKINRAREDISEASE mean | seconds |")
         print("|---|---|---|---:|---:|")
         for name, probs in dev_probs.items():
             t0 = time.perf_counter()
             doc_probs = [probs[order[g.text]] for g in gold]
-            runs = []
-            for seed in range(args.repeats):
-                r = cross_fit(gold, members, PAPER_LABELS, folds=2, consistency=(False,), doc_probs=doc_probs,
-                              seed=seed, strata=strata, choose_all=False)
-                held = [set_ents(copy(g), t) for g, t in zip(gold, r["held_out"])]
-                runs.append({"seed": seed, **paper_row(gold, held), "fold_settings": r["fold_settings"]})
-            agg = {c: {"mean": statistics.fmean(x[c] for x in runs), "sd": statistics.pstdev(x[c] for x in runs)}
-                   for c in ("avg", "micro5", *PAPER_LABELS)}
+            runs = cross_fit_runs(gold, members, PAPER_LABELS, range(args.repeats), consistency=(False,),
+                                  doc_probs=doc_probs)
+            agg = spread(runs, ("avg", "micro5", *PAPER_LABELS))
             out["models"][name]["vote"] = {"members": list(members), "runs": runs, **agg}
             print(f"| {name} | {agg['avg']['mean']:.3f} ({agg['avg']['sd']:.3f}) | {agg['micro5']['mean']:.3f} "
                   f"({agg['micro5']['sd']:.3f}) | {agg['SKINRAREDISEASE']['mean']:.3f} | {time.perf_counter() - t0:.0f} |",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Sequence
@@ -32,18 +31,11 @@ import spacy
 
 import tokner.ensemble as ens
 from tokner.cli import _load_aligned_predictions
-from tokner.doctype import doc_label, find_component
-from tokner.ensemble import copy_doc as copy, cross_fit, paper_row, set_ents
+from tokner.doctype import find_component
+from tokner.ensemble import cross_fit_runs, spread
 from tokner.scoring.scorer import PAPER_LABELS
 
-_library_vote = ens.vote
 _library_choose = ens.choose
-
-
-def vote(member_spans, weights, threshold, by_boundary=False):
-    """The library's vote (:func:`tokner.ensemble.vote` takes a {label: threshold} dict too:
-    each span kept at its label's threshold, overlaps resolved after)."""
-    return _library_vote(member_spans, weights, threshold, by_boundary)
 
 
 def choose_per_label(gold, members, labels: Sequence[str], doc_probs=None, passes: int = 2, **kw):
@@ -56,7 +48,8 @@ def choose_per_label(gold, members, labels: Sequence[str], doc_probs=None, passe
     texts = [g.text for g in gold]
 
     def score(thresholds):
-        pred = [vote(s, w, thresholds, bool(setting["by_boundary"])) for s in spans]
+        # the library's vote takes a {label: threshold} dict: each span kept at its label's threshold
+        pred = [ens.vote(s, w, thresholds, bool(setting["by_boundary"])) for s in spans]
         if setting.get("consistency"):
             pred = [ens._consistent_in(texts[i], v) for i, v in enumerate(pred)]
         pred = [ens._doc_typed(v, doc_probs[i] if doc_probs is not None else None, setting.get("doc_type_threshold"))
@@ -87,31 +80,32 @@ def main() -> int:
     probs = None
     if args.doc_type:
         probs = find_component(spacy.load(args.doc_type), args.doc_type).model.predict([g.text for g in gold])
-    strata = [doc_label(g) for g in gold]
     out = {"gold": args.gold, "members": args.members, "doc_type": args.doc_type, "rows": {}}
     print("| vote threshold | split | Avg-5 | micro-5 | " + " | ".join(PAPER_LABELS) + " | seconds |")
     print("|---|---|---:|---:|" + "---:|" * len(PAPER_LABELS) + "---:|")
     for name, chooser in (("one", _library_choose), ("one per type", choose_per_label)):
-        ens.vote, ens.choose = vote, chooser
-        runs = []
-        for seed in [None, *range(args.repeats)]:
-            t0 = time.perf_counter()
-            r = cross_fit(gold, members, PAPER_LABELS, folds=2, consistency=(False,), doc_probs=probs, seed=seed,
-                          strata=None if seed is None else strata, choose_all=False)
-            row = paper_row(gold, [set_ents(copy(g), t) for g, t in zip(gold, r["held_out"])])
-            runs.append({"seed": seed, **row, "fold_settings": r["fold_settings"]})
-            split = "contiguous" if seed is None else f"stratified, seed {seed}"
+        ens.choose = chooser  # cross_fit chooses each fold's setting with tokner.ensemble.choose
+        clock = [time.perf_counter()]
+
+        def progress(row):
+            split = "contiguous" if row["seed"] is None else f"stratified, seed {row['seed']}"
             print(f"| {name} | {split} | {row['avg']:.3f} | {row['micro5']:.3f} | "
-                  + " | ".join(f"{row[t]:.3f}" for t in PAPER_LABELS) + f" | {time.perf_counter() - t0:.0f} |", flush=True)
+                  + " | ".join(f"{row[t]:.3f}" for t in PAPER_LABELS) + f" | {time.perf_counter() - clock[0]:.0f} |",
+                  flush=True)
+            clock[0] = time.perf_counter()
+
+        try:
+            runs = cross_fit_runs(gold, members, PAPER_LABELS, [None, *range(args.repeats)], consistency=(False,),
+                                  doc_probs=probs, on_run=progress)
+        finally:
+            ens.choose = _library_choose
         strat = [x for x in runs if x["seed"] is not None]
-        agg = {c: {"mean": statistics.fmean(x[c] for x in strat), "sd": statistics.pstdev(x[c] for x in strat)}
-               for c in ("avg", "micro5", *PAPER_LABELS)} if strat else {}
+        agg = spread(strat, ("avg", "micro5", *PAPER_LABELS)) if strat else {}
         if strat:
             print(f"| {name} | mean (sd) of the {len(strat)} stratified | {agg['avg']['mean']:.3f} ({agg['avg']['sd']:.3f}) | "
                   f"{agg['micro5']['mean']:.3f} ({agg['micro5']['sd']:.3f}) | "
                   + " | ".join(f"{agg[t]['mean']:.3f}" for t in PAPER_LABELS) + " | |", flush=True)
         out["rows"][name] = {"runs": runs, **agg}
-    ens.vote, ens.choose = _library_vote, _library_choose
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(out, indent=2, default=str) + "\n")

@@ -18,19 +18,50 @@ def _load(name):
 
 
 def test_per_type_thresholds_keep_a_type_the_single_threshold_drops_and_resolve_overlaps_after():
-    lt = _load("label_thresholds")
     members = {"a": [(0, 5, "SIGN"), (10, 15, "SYMPTOM"), (20, 30, "DISEASE")],
                "b": [(0, 5, "SIGN"), (20, 25, "SYMPTOM")],
                "c": [(0, 5, "SIGN"), (20, 30, "DISEASE")]}
     weights = {"a": 1.0, "b": 1.0, "c": 1.0}
     # one threshold: the same as the library's vote
-    assert lt.vote(members, weights, 2.0) == library_vote(members, weights, 2.0) == [(0, 5, "SIGN"), (20, 30, "DISEASE")]
+    assert library_vote(members, weights, 2.0) == [(0, 5, "SIGN"), (20, 30, "DISEASE")]
     # SYMPTOM at 1: both SYMPTOM spans pass; the one overlapping the DISEASE span (score 2) loses to it
     per_type = {"SIGN": 2.0, "SYMPTOM": 1.0, "DISEASE": 2.0}
-    assert lt.vote(members, weights, per_type) == [(0, 5, "SIGN"), (10, 15, "SYMPTOM"), (20, 30, "DISEASE")]
+    assert library_vote(members, weights, per_type) == [(0, 5, "SIGN"), (10, 15, "SYMPTOM"), (20, 30, "DISEASE")]
     # DISEASE out of reach: the SYMPTOM span inside it is kept instead
-    assert lt.vote(members, weights, {**per_type, "DISEASE": 3.0}) == [(0, 5, "SIGN"), (10, 15, "SYMPTOM"), (20, 25, "SYMPTOM")]
+    assert library_vote(members, weights, {**per_type, "DISEASE": 3.0}) == [(0, 5, "SIGN"), (10, 15, "SYMPTOM"), (20, 25, "SYMPTOM")]
 
+
+
+def test_choose_per_label_lowers_only_the_threshold_of_the_type_one_member_finds():
+    from spacy.tokens import Doc, Span
+
+    from tokner.ensemble import choose
+    from tokner.scoring.scorer import PAPER_LABELS
+
+    lt = _load("label_thresholds")
+    vocab = spacy.blank("en").vocab
+    words = "Patients with Alpha syndrome have rash and Beta fever .".split()
+
+    def doc(spans):
+        d = Doc(vocab, words=words)
+        d.ents = [Span(d, a, b, label=lab) for a, b, lab in spans]
+        return d
+
+    right = [(2, 4, "RAREDISEASE"), (5, 6, "SIGN"), (7, 9, "SYMPTOM")]
+    gold = [doc(right) for _ in range(3)]
+    # all three find the disease and the sign; only "a" the symptom; each adds a wrong SIGN of its own
+    members = {"a": [doc(right + [(0, 1, "SIGN")])] * 3,
+               "b": [doc(right[:2] + [(1, 2, "SIGN")])] * 3,
+               "c": [doc(right[:2] + [(9, 10, "SIGN")])] * 3}
+    kw = dict(consistency=(False,), by_boundary=(False,), weight_grid=(1.0,))
+    # one threshold: 2 keeps the two spans all agree on and loses the symptom (1 would keep the wrong signs)
+    assert choose(gold, members, PAPER_LABELS, **kw)["threshold"] == 2.0
+    setting = lt.choose_per_label(gold, members, PAPER_LABELS, **kw)
+    assert setting["threshold"] == {"DISEASE": 2.0, "RAREDISEASE": 2.0, "SKINRAREDISEASE": 2.0, "SIGN": 2.0,
+                                    "SYMPTOM": 1.0, "ANAPHOR": 2.0}
+    spans = {n: [(e.start_char, e.end_char, e.label_) for e in m[0].ents] for n, m in members.items()}
+    assert library_vote(spans, setting["weights"], setting["threshold"]) == [
+        (e.start_char, e.end_char, e.label_) for e in gold[0].ents]
 
 def test_hpo_concept_tokens_mark_skin_and_other_phenotypes(tmp_path):
     hpo = _load("doc_type_hpo")

@@ -134,6 +134,30 @@ def test_cross_fit_with_a_seed_predicts_every_document_once_from_the_other_fold(
     assert shuffled["cross_fit"]["micro"] == pytest.approx(0.8)
 
 
+
+def test_cross_fit_runs_scores_each_split_and_spread_summarises_them():
+    from tokner.ensemble import cross_fit_runs, spread
+
+    nlp = spacy.blank("en")
+    gold_spans = [(2, 4, "RAREDISEASE"), (5, 6, "SIGN")]
+    gold = _with(_docs(nlp.vocab, 6), [gold_spans] * 6)
+    wrong = [(0, 1, "DISEASE")]
+    members = {"early": _with(gold, [gold_spans] * 3 + [wrong] * 3),
+               "late": _with(gold, [wrong] * 3 + [gold_spans] * 3)}
+    # no skin documents: one stratum, seed 0 deals documents 1, 4, 5 to one fold, both kinds in each
+    assert fold_assignment(6, 2, seed=0, strata=[0] * 6) == [1, 0, 1, 1, 0, 0]
+    seen = []
+    runs = cross_fit_runs(gold, members, PAPER_LABELS, [None, 0], consistency=(False,), by_boundary=(False,),
+                          on_run=seen.append)
+    assert [r["seed"] for r in runs] == [None, 0] and seen == runs
+    # as in the test above: the contiguous split trusts the wrong member on each half, the mixed one the union
+    assert [r["micro5"] for r in runs] == pytest.approx([0.0, 0.8])
+    assert [r["SIGN"] for r in runs] == pytest.approx([0.0, 1.0])
+    assert all(len(r["fold_settings"]) == 2 for r in runs)
+    summary = spread(runs, ["micro5", "SIGN"])
+    assert summary["micro5"] == pytest.approx({"mean": 0.4, "sd": 0.4, "min": 0.0, "max": 0.8})
+    assert summary["SIGN"] == pytest.approx({"mean": 0.5, "sd": 0.5, "min": 0.0, "max": 1.0})
+
 def _member(path, patterns):
     nlp = spacy.blank("en")
     ruler = nlp.add_pipe("entity_ruler")

@@ -286,22 +286,11 @@ def _cmd_ensemble_search(args) -> int:
     print(f"setting chosen on all documents (for a pipeline): {result['setting_all']}")
     spread = None
     if args.repeats:  # the same search over shuffled fold assignments: how much the figure owes to the split
-        import statistics
+        from tokner.ensemble import cross_fit_runs, spread as spread_of
 
-        from tokner.doctype import doc_label
-
-        # stratified by the gold document type, so that each fold gets its share of the few skin documents
-        strata = [doc_label(g) for g in gold]
-        runs = []
-        for seed in range(args.repeats):
-            r = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency, doc_probs=doc_probs,
-                          seed=seed, strata=strata, choose_all=False)
-            runs.append({"seed": seed, **paper(held_docs(r)), "fold_settings": r["fold_settings"]})
-        spread = {"row": key, "runs": runs}
-        for c in ["avg", "micro5", *PAPER_LABELS]:
-            values = [r[c] for r in runs]
-            spread[c] = {"mean": statistics.fmean(values), "sd": statistics.pstdev(values),
-                         "min": min(values), "max": max(values)}
+        runs = cross_fit_runs(gold, members, PAPER_LABELS, range(args.repeats), folds=args.folds,
+                              consistency=consistency, doc_probs=doc_probs)
+        spread = {"row": key, "runs": runs, **spread_of(runs, ["avg", "micro5", *PAPER_LABELS])}
         print(f"{key}, over {args.repeats} shuffled fold assignments stratified by document type (seeds 0-{args.repeats - 1}): "
               + ", ".join(f"{c} {spread[c]['mean']:.3f} (sd {spread[c]['sd']:.3f}, {spread[c]['min']:.3f}-{spread[c]['max']:.3f})"
                           for c in ("avg", "micro5", "SKINRAREDISEASE")))

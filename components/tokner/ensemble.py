@@ -330,6 +330,41 @@ def cross_fit(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Se
             "held_out": held}
 
 
+def cross_fit_runs(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Sequence[str],
+                   seeds: Iterable[Optional[int]], folds: int = 2, doc_probs: Optional[Sequence[float]] = None,
+                   on_run=None, **kw) -> List[Dict[str, Any]]:
+    """:func:`cross_fit` once per fold assignment, each scored as a reported row
+    (:func:`paper_row`): seed None is the contiguous split, an int a shuffled split
+    stratified by the gold document type (:func:`tokner.doctype.doc_label`), so that every
+    fold gets its share of the few skin documents. How much a cross-fitted figure owes to
+    the split. Returns one dict per seed: ``seed``, the row's columns, ``fold_settings``;
+    ``on_run(run)`` is called after each (progress lines)."""
+    from tokner.doctype import doc_label
+
+    strata = [doc_label(g) for g in gold]
+    runs = []
+    for seed in seeds:
+        r = cross_fit(gold, members, labels, folds=folds, doc_probs=doc_probs, seed=seed,
+                      strata=None if seed is None else strata, choose_all=False, **kw)
+        held = [set_ents(copy_doc(g), triples) for g, triples in zip(gold, r["held_out"])]
+        runs.append({"seed": seed, **paper_row(gold, held), "fold_settings": r["fold_settings"]})
+        if on_run is not None:
+            on_run(runs[-1])
+    return runs
+
+
+def spread(runs: Sequence[Dict[str, Any]], columns: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Mean, population standard deviation, min and max of each column over runs."""
+    import statistics
+
+    out = {}
+    for c in columns:
+        values = [r[c] for r in runs]
+        out[c] = {"mean": statistics.fmean(values), "sd": statistics.pstdev(values),
+                  "min": min(values), "max": max(values)}
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # components
 
