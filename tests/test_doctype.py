@@ -7,7 +7,8 @@ import pytest
 import spacy
 from spacy.tokens import Doc, DocBin, Span
 
-from tokner.doctype import DocTypeModel, build_pipeline, doc_label, fit, relabel, train
+from tokner.doctype import (DocTypeModel, build_pipeline, choose_threshold, doc_label, find_component, fit, relabel,
+                            relabel_objective, train)
 from tokner.ensemble import choose, cross_fit
 from tokner.scoring.scorer import PAPER_LABELS
 
@@ -175,6 +176,22 @@ def test_search_chooses_the_doc_type_threshold_on_the_other_fold():
     assert without["cross_fit"]["SKINRAREDISEASE"] == 0.0 and without["cross_fit"]["micro"] == pytest.approx(0.5)
 
 
+
+def test_threshold_chosen_on_train_by_relabelling_its_gold_mentions():
+    nlp = spacy.blank("en")
+    docs = _corpus(nlp.vocab)
+    probs = [0.9, 0.2] * 6
+    # the right spans relabelled right: micro-5 1, Avg-5 2/5 (three types have no mentions): 0.5 + 0.2
+    assert relabel_objective(docs, probs, 0.5) == pytest.approx(0.7)
+    # every name RAREDISEASE (or every name SKINRAREDISEASE): micro-5 0.5, Avg-5 (2/3) / 5
+    assert relabel_objective(docs, probs, 0.95) == relabel_objective(docs, probs, 0.1) == pytest.approx(0.25 + (2 / 3) / 10)
+    threshold, curve = choose_threshold(docs, folds=2, seeds=2)
+    # out-of-fold probabilities: 0.605-0.672 for the skin documents, 0.328-0.395 for the others, so every
+    # threshold from 0.4 to 0.6 separates them; of those ties the one nearest 0.5
+    assert threshold == 0.5
+    assert [t for t, v in curve.items() if v == pytest.approx(0.7)] == [0.4, 0.425, 0.45, 0.475, 0.5, 0.525, 0.55, 0.575, 0.6]
+    assert curve[0.3] == curve[0.9] == pytest.approx(0.25 + (2 / 3) / 10)
+
 def test_train_search_build_evaluate_cli(tmp_path):
     nlp = spacy.blank("en")
     gold = _corpus(nlp.vocab)
@@ -185,6 +202,10 @@ def test_train_search_build_evaluate_cli(tmp_path):
     assert out.returncode == 0, out.stderr
     info = json.loads((tmp_path / "dt.json").read_text())
     assert info["docs"] == 12 and info["positive"] == 6 and info["dev_roc_auc"] == pytest.approx(1.0)
+    # the relabelling threshold chosen on train (as in the test above, 3 shufflings of 2 folds) is the component's
+    assert info["threshold"] == 0.5 and info["threshold_chosen_on"] == "train, 3 x 2-fold cross-validation"
+    assert info["threshold_curve"]["0.5"] == pytest.approx(0.7)
+    assert find_component(spacy.load(tmp_path / "dt"), "dt").threshold == 0.5
     # one member: an entity ruler calling every disease name RAREDISEASE
     ruler_nlp = spacy.blank("en")
     ruler_nlp.add_pipe("entity_ruler").add_patterns(
@@ -203,7 +224,16 @@ def test_train_search_build_evaluate_cli(tmp_path):
     assert res["rows"]["ruler"]["SKINRAREDISEASE"] == 0.0
     assert res["rows"]["ruler + doc type, cross-fit 2 folds"]["micro5"] == pytest.approx(1.0)
     assert res["rows"]["vote(ruler) + doc type, cross-fit 2 folds"]["micro5"] == pytest.approx(1.0)
-    assert res["setting_all"]["doc_type_threshold"] is not None and res["doc_type"] == str(tmp_path / "dt")
+    assert res["setting_all"]["doc_type_threshold"] == 0.5 and res["doc_type"] == str(tmp_path / "dt")
+    assert res["doc_type_thresholds_tried"] == [0.5]  # the pipeline's own threshold (default --doc-type-threshold)
+    searched = subprocess.run([sys.executable, "-m", "tokner", "ensemble-search", str(tmp_path / "gold.spacy"),
+                               "--members", f"ruler={tmp_path / 'ruler.spacy'}", "--doc-type", str(tmp_path / "dt"),
+                               "--doc-type-threshold", "search", "--output", str(tmp_path / "searched.json")],
+                              capture_output=True, text=True)
+    assert searched.returncode == 0, searched.stderr
+    searched = json.loads((tmp_path / "searched.json").read_text())
+    assert searched["doc_type_thresholds_tried"] == [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert searched["rows"]["vote(ruler) + doc type, cross-fit 2 folds"]["micro5"] == pytest.approx(1.0)
     build = subprocess.run([sys.executable, "-m", "tokner", "ensemble-build", str(tmp_path / "search.json"),
                             str(tmp_path / "ens"), "--members", f"ruler={tmp_path / 'ruler'}"], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
@@ -217,3 +247,11 @@ def test_train_search_build_evaluate_cli(tmp_path):
                           "--members", f"ruler={tmp_path / 'ruler.spacy'}", "--doc-type", str(tmp_path / "ruler")],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "no tokner_doc_type component" in bad.stderr
+    train_cmd = [sys.executable, "-m", "tokner", "train-doc-type", str(tmp_path / "gold.spacy"), str(tmp_path / "dt2")]
+    bad = subprocess.run(train_cmd + ["--threshold", "1.5"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--threshold: a probability or 'train', got 1.5" in bad.stderr
+    bad = subprocess.run(train_cmd + ["--cv-folds", "0"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--cv-folds must be 2 or more" in bad.stderr
+    fixed = subprocess.run(train_cmd + ["--threshold", "0.7", "--cv-folds", "0"], capture_output=True, text=True)
+    assert fixed.returncode == 0, fixed.stderr
+    assert find_component(spacy.load(tmp_path / "dt2"), "dt2").threshold == 0.7

@@ -237,7 +237,8 @@ def _cmd_ensemble_search(args) -> int:
     from spacy.tokens import DocBin
     from spacy.training import Example
 
-    from tokner.ensemble import apply_consistency, copy_doc as copy, cross_fit, paper_row, paper_rows_markdown, set_ents
+    from tokner.ensemble import (DOC_TYPE_THRESHOLDS, apply_consistency, copy_doc as copy, cross_fit, paper_row,
+                                 paper_rows_markdown, set_ents)
     from tokner.scoring.scorer import PAPER_LABELS, score_paper_ner
 
     if args.repeats < 0:
@@ -251,6 +252,7 @@ def _cmd_ensemble_search(args) -> int:
         return paper_row(gold, pred_docs)
 
     doc_probs = None
+    doc_kw = {}  # the document-type thresholds the search tries (default: tokner.ensemble.DOC_TYPE_THRESHOLDS)
     if args.doc_type:
         if not Path(args.doc_type).exists():
             raise SystemExit(f"--doc-type: no pipeline at {args.doc_type} (tokner train-doc-type writes one)")
@@ -261,6 +263,8 @@ def _cmd_ensemble_search(args) -> int:
         except ValueError as e:
             raise SystemExit(str(e)) from None
         doc_probs = doc_type.model.predict([g.text for g in gold])
+        if args.doc_type_threshold == "pipeline":  # each fold chooses between it and no relabelling
+            doc_kw = {"doc_thresholds": (doc_type.threshold,)}
 
     def held_docs(result):
         return [set_ents(copy(g), triples) for g, triples in zip(gold, result["held_out"])]
@@ -271,13 +275,14 @@ def _cmd_ensemble_search(args) -> int:
         rows[f"{name} + consistency"] = paper([apply_consistency(copy(d)) for d in docs])
         if doc_probs is not None:  # the member alone, relabelled by document type at a cross-fitted threshold
             alone = cross_fit(gold, {name: docs}, PAPER_LABELS, folds=args.folds, consistency=(False,),
-                              by_boundary=(False,), doc_probs=doc_probs)
+                              by_boundary=(False,), doc_probs=doc_probs, **doc_kw)
             rows[f"{name} + doc type, cross-fit {args.folds} folds"] = paper(held_docs(alone))
     consistency = (False,) if args.no_consistency else (False, True)
     result = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency)
     if doc_probs is not None:
         rows[f"vote({'+'.join(members)}), cross-fit {args.folds} folds"] = paper(held_docs(result))
-        result = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency, doc_probs=doc_probs)
+        result = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency, doc_probs=doc_probs,
+                           **doc_kw)
     held = held_docs(result)
     key = f"vote({'+'.join(members)}){' + doc type' if doc_probs is not None else ''}, cross-fit {args.folds} folds"
     rows[key] = paper(held)
@@ -289,7 +294,7 @@ def _cmd_ensemble_search(args) -> int:
         from tokner.ensemble import cross_fit_runs, spread as spread_of
 
         runs = cross_fit_runs(gold, members, PAPER_LABELS, range(args.repeats), folds=args.folds,
-                              consistency=consistency, doc_probs=doc_probs)
+                              consistency=consistency, doc_probs=doc_probs, **doc_kw)
         spread = {"row": key, "runs": runs, **spread_of(runs, ["avg", "micro5", *PAPER_LABELS])}
         print(f"{key}, over {args.repeats} shuffled fold assignments stratified by document type (seeds 0-{args.repeats - 1}): "
               + ", ".join(f"{c} {spread[c]['mean']:.3f} (sd {spread[c]['sd']:.3f}, {spread[c]['min']:.3f}-{spread[c]['max']:.3f})"
@@ -297,7 +302,8 @@ def _cmd_ensemble_search(args) -> int:
     if args.output:
         out = {"gold": args.gold, "members": dict(s.partition("=")[::2] for s in args.members), "folds": args.folds,
                "rows": rows, "fold_settings": result["fold_settings"], "setting_all": result["setting_all"],
-               "doc_type": args.doc_type}
+               "doc_type": args.doc_type,
+               "doc_type_thresholds_tried": None if doc_probs is None else list(doc_kw.get("doc_thresholds", DOC_TYPE_THRESHOLDS))}
         if spread is not None:
             out["spread"] = spread
         write_json(args.output, out)
@@ -395,7 +401,7 @@ def _cmd_ensemble_build(args) -> int:
 def _cmd_train_doc_type(args) -> int:
     import spacy
 
-    from tokner.doctype import build_pipeline, doc_label, train
+    from tokner.doctype import build_pipeline, choose_threshold, doc_label, train
     from tokner.scoring.evaluation import load_gold_docs
 
     nlp = spacy.blank("en")
@@ -404,11 +410,27 @@ def _cmd_train_doc_type(args) -> int:
     except (OSError, ValueError) as e:
         raise SystemExit(f"{args.train}: {e}") from None
     labels = [doc_label(d) for d in docs]
+    if args.threshold == "train":
+        if args.cv_folds < 2:
+            raise SystemExit("--threshold train chooses the threshold by cross-validation on train: --cv-folds must be 2 or more")
+        threshold = None
+    else:
+        try:
+            threshold = float(args.threshold)
+        except ValueError:
+            raise SystemExit(f"--threshold: a probability or 'train', got {args.threshold!r}") from None
+        if not 0.0 <= threshold <= 1.0:
+            raise SystemExit(f"--threshold: a probability or 'train', got {threshold}")
     try:
         model = train([d.text for d in docs], labels, C=args.C, cv_folds=args.cv_folds)
     except ValueError as e:
         raise SystemExit(f"{args.train}: {e}") from None
     info = dict(model.info, train=args.train)
+    if threshold is None:  # chosen on train: out-of-fold probabilities relabel train's own gold mentions
+        threshold, curve = choose_threshold(docs, C=args.C, folds=args.cv_folds, seeds=args.threshold_seeds)
+        info.update({"threshold_chosen_on": f"train, {args.threshold_seeds} x {args.cv_folds}-fold cross-validation",
+                     "threshold_curve": {str(t): v for t, v in curve.items()}})
+    info["threshold"] = threshold
     if args.dev:
         from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -419,7 +441,7 @@ def _cmd_train_doc_type(args) -> int:
         if 0 < sum(y) < len(y):
             info.update({"dev_roc_auc": float(roc_auc_score(y, p)), "dev_average_precision": float(average_precision_score(y, p))})
     model.info = info
-    build_pipeline(model, threshold=args.threshold).to_disk(args.output)
+    build_pipeline(model, threshold=threshold).to_disk(args.output)
     print(json.dumps(info, indent=2))
     print(f"wrote {args.output}")
     if args.metrics:
@@ -548,7 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--no-consistency", action="store_true", help="do not try document consistency after the vote")
     en.add_argument("--doc-type", metavar="PIPELINE",
                     help="a tokner train-doc-type pipeline: also try relabelling RAREDISEASE/SKINRAREDISEASE by its "
-                         "document probability after the vote, the threshold cross-fitted with the weights")
+                         "document probability after the vote (each fold chooses relabelling or not with the weights)")
+    en.add_argument("--doc-type-threshold", choices=["pipeline", "search"], default="pipeline",
+                    help="with --doc-type: relabel at the pipeline's own threshold (default; tokner train-doc-type "
+                         "chooses it on train) or search 0.4-0.9 with the weights on the other folds")
     en.add_argument("--output", help="metrics JSON (rows, settings per fold, setting chosen on all documents)")
     en.add_argument("--save-docs", help="the cross-fitted vote's predictions as a DocBin (for tokner compare)")
     en.add_argument("--metrics-output", help="the cross-fitted vote's scores in tokner evaluate's format (for tokner compare)")
@@ -594,7 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--dev", help="gold documents to report ROC AUC and average precision on")
     dt.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression (default 1)")
     dt.add_argument("--cv-folds", type=int, default=5, help="cross-validation folds on train for the report (0: none)")
-    dt.add_argument("--threshold", type=float, default=0.5, help="the saved component's relabelling threshold")
+    dt.add_argument("--threshold", default="train",
+                    help="the saved component's relabelling threshold: a probability, or 'train' (default): the one "
+                         "whose relabelling of train's own gold mentions by out-of-fold probabilities (--cv-folds "
+                         "folds, --threshold-seeds shufflings) scores best")
+    dt.add_argument("--threshold-seeds", type=int, default=3, help="cross-validation shufflings for --threshold train (default 3)")
     dt.add_argument("--metrics", help="write the report as JSON")
     dt.set_defaults(func=_cmd_train_doc_type)
 
