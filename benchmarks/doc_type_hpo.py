@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import re
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from spacy.matcher import PhraseMatcher
 from spacy.tokens import DocBin
 
 from tokner.doctype import doc_label, fit
+from tokner.utils.textfile import write_json
 
 INTEGUMENT = "HP:0001574"  # Abnormality of the integument
 PHENOTYPIC = "HP:0000118"  # Phenotypic abnormality
@@ -166,8 +166,7 @@ def main() -> int:
                   f"({agg['micro5']['sd']:.3f}) | {agg['SKINRAREDISEASE']['mean']:.3f} | {time.perf_counter() - t0:.0f} |",
                   flush=True)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.output, out)
     return 0
 
 

@@ -25,8 +25,6 @@ than once) the contiguous split and ``--repeats`` splits stratified by document 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import spacy
 from spacy.tokens import DocBin
@@ -35,6 +33,7 @@ from tokner.cli import _load_aligned_predictions
 from tokner.doctype import choose_threshold, find_component
 from tokner.ensemble import cross_fit_runs, spread
 from tokner.scoring.scorer import PAPER_LABELS
+from tokner.utils.textfile import write_json
 
 
 def main() -> int:
@@ -86,8 +85,7 @@ def main() -> int:
             entry[way] = {"runs": runs, **agg}
         out["votes"].append(entry)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(out, indent=2, default=str) + "\n")
+        write_json(args.output, out, default=str)
     return 0
 
 

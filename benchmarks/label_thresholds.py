@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
-from pathlib import Path
 from typing import Sequence
 
 import spacy
@@ -34,6 +32,7 @@ from tokner.cli import _load_aligned_predictions
 from tokner.doctype import find_component
 from tokner.ensemble import cross_fit_runs, spread
 from tokner.scoring.scorer import PAPER_LABELS
+from tokner.utils.textfile import write_json
 
 _library_choose = ens.choose
 
@@ -107,8 +106,7 @@ def main() -> int:
                   + " | ".join(f"{agg[t]['mean']:.3f}" for t in PAPER_LABELS) + " | |", flush=True)
         out["rows"][name] = {"runs": runs, **agg}
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(out, indent=2, default=str) + "\n")
+        write_json(args.output, out, default=str)
     return 0
 
 
