@@ -296,6 +296,17 @@ def test_bf16_autocast_trains_close_to_float32(tmp_path):
     assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
     with pytest.raises(ValueError, match=r"autocast must be one of float32, bfloat16, fastest"):
         train(ROOT / "configs" / "lora.cfg", tmp_path / "bad", {**common, "lora.autocast": "bf16"}, progress=False)
+    # float32 again after the bf16 run, in the same process, now with a dev evaluation: transformers
+    # leaves ACCELERATE_MIXED_PRECISION=bf16 behind after a bf16 run; train() scopes the variable,
+    # so this run is the first one again (same loss) and decodes its dev documents in float32
+    import os
+
+    before = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    again = train(ROOT / "configs" / "lora.cfg", tmp_path / "float32-again",
+                  {**common, "lora.autocast": "float32", "paths.dev": str(data), "lora.eval_every": 3,
+                   "lora.eval_docs": 2}, progress=False)
+    assert again["loss_last_20_this_run"] == pytest.approx(a, rel=1e-6) and again["precision"] == "float32"
+    assert os.environ.get("ACCELERATE_MIXED_PRECISION") == before
 
 
 def test_attention_setting_resolves_per_device_and_rejects_unknown_values():

@@ -18,9 +18,11 @@ scheduler, every RNG state and the data position), a progress bar. Output folder
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import random
 import resource
 import sys
@@ -80,6 +82,27 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
 }
 
 AUTOCAST = ("float32", "bfloat16", "fastest")
+_MIXED_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
+
+
+@contextlib.contextmanager
+def _mixed_precision_env(precision: str):
+    """``ACCELERATE_MIXED_PRECISION`` set to this run's precision, the caller's value back after.
+
+    transformers' ``TrainingArguments`` writes ``bf16`` into the variable for a bf16 run and a
+    later run starts from it, and accelerate takes it as its default: a float32 training after
+    a bf16 one in the same process ran its forwards under bf16 autocast and failed in attention
+    (bf16 values beside float32 queries; seen on a CPU without native bf16, where ``fastest``
+    means float32)."""
+    before = os.environ.get(_MIXED_PRECISION_ENV)
+    os.environ[_MIXED_PRECISION_ENV] = "bf16" if precision == "bfloat16" else "no"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_MIXED_PRECISION_ENV, None)
+        else:
+            os.environ[_MIXED_PRECISION_ENV] = before
 ATTENTION = ("auto", "eager", "sdpa")
 
 
@@ -491,27 +514,28 @@ def train(config_path, output_dir, overrides: Optional[Dict[str, Any]] = None, r
     # -- loop (transformers' Trainer) -----------------------------------------------------
     LoraTrainer, LoraCallback = _make_trainer_classes()
     save_every = int(T["save_every"])
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir), max_steps=max_steps, per_device_train_batch_size=bs,
-        gradient_accumulation_steps=accum, max_grad_norm=float(T["max_grad_norm"] or 0.0),
-        bf16=precision == "bfloat16", use_cpu=device == "cpu", seed=int(T["seed"]),
-        save_strategy="steps" if save_every else "no", save_steps=save_every or 500, save_total_limit=1,
-        logging_steps=max(1, int(T["log_every"])), logging_first_step=True, report_to="none",
-        disable_tqdm=not progress, remove_unused_columns=False, dataloader_pin_memory=False,
-        eval_strategy="no", label_names=["labels"],
-    )
-    callback = LoraCallback(state, run_eval, budget_s, int(T["eval_every"] or 0))
-    trainer = LoraTrainer(model=model, args=args, train_dataset=dataset, optimizers=(optimizer, scheduler),
-                          data_collator=lambda examples: collate(examples, codec.pad_id), callbacks=[callback],
-                          batch_sampler=sampler)
-    model.train()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    state["step"] = trainer.state.global_step
-    stop_reason = callback.stop_reason or ("max_steps" if state["step"] >= max_steps else "max_epochs")
-    if state["last_eval_step"] != state["step"]:
-        rec = run_eval(model)
-        if rec:
-            print(f"final step {rec['step']}: {T['selection_metric']}={rec['score']:.4f} avg_f={rec['paper_avg_f']:.4f}")
+    with _mixed_precision_env(precision):
+        args = TrainingArguments(
+            output_dir=str(ckpt_dir), max_steps=max_steps, per_device_train_batch_size=bs,
+            gradient_accumulation_steps=accum, max_grad_norm=float(T["max_grad_norm"] or 0.0),
+            bf16=precision == "bfloat16", use_cpu=device == "cpu", seed=int(T["seed"]),
+            save_strategy="steps" if save_every else "no", save_steps=save_every or 500, save_total_limit=1,
+            logging_steps=max(1, int(T["log_every"])), logging_first_step=True, report_to="none",
+            disable_tqdm=not progress, remove_unused_columns=False, dataloader_pin_memory=False,
+            eval_strategy="no", label_names=["labels"],
+        )
+        callback = LoraCallback(state, run_eval, budget_s, int(T["eval_every"] or 0))
+        trainer = LoraTrainer(model=model, args=args, train_dataset=dataset, optimizers=(optimizer, scheduler),
+                              data_collator=lambda examples: collate(examples, codec.pad_id), callbacks=[callback],
+                              batch_sampler=sampler)
+        model.train()
+        trainer.train(resume_from_checkpoint=checkpoint)
+        state["step"] = trainer.state.global_step
+        stop_reason = callback.stop_reason or ("max_steps" if state["step"] >= max_steps else "max_epochs")
+        if state["last_eval_step"] != state["step"]:
+            rec = run_eval(model)
+            if rec:
+                print(f"final step {rec['step']}: {T['selection_metric']}={rec['score']:.4f} avg_f={rec['paper_avg_f']:.4f}")
     cfg_, st = adapter_state(model)
     save_adapter(last_dir, cfg_, st)
     if not best_dir.exists():  # no dev set: the last adapter is the best we know
