@@ -129,7 +129,6 @@ def cross_validated(texts: Sequence[str], labels: Sequence[int], C: float = 1.0,
     return p.tolist()
 
 
-
 # The thresholds choose_threshold tries: 0.3 to 0.9 in steps of 0.025
 THRESHOLD_GRID = tuple(round(0.3 + 0.025 * i, 3) for i in range(25))
 
@@ -165,6 +164,7 @@ def choose_threshold(docs: Sequence[Doc], C: float = 1.0, folds: int = 5, seeds:
     runs = [cross_validated(texts, labels, C, folds, seed) for seed in range(seeds)]
     curve = {float(t): sum(relabel_objective(docs, p, t, pair) for p in runs) / len(runs) for t in grid}
     return max(curve, key=lambda t: (curve[t], -abs(t - 0.5))), curve
+
 
 def train(texts: Sequence[str], labels: Sequence[int], C: float = 1.0, cv_folds: int = 5,
           seed: int = 0) -> DocTypeModel:

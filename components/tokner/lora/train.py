@@ -82,6 +82,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
 }
 
 AUTOCAST = ("float32", "bfloat16", "fastest")
+ATTENTION = ("auto", "eager", "sdpa")
 _MIXED_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
 
 
@@ -103,7 +104,6 @@ def _mixed_precision_env(precision: str):
             os.environ.pop(_MIXED_PRECISION_ENV, None)
         else:
             os.environ[_MIXED_PRECISION_ENV] = before
-ATTENTION = ("auto", "eager", "sdpa")
 
 
 def resolve_attention(setting: str, device) -> Optional[str]:
