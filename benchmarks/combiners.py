@@ -43,8 +43,8 @@ import spacy
 
 from tokner.cli import _load_aligned_predictions
 from tokner.doctype import cross_validated, doc_label, find_component, relabel
-from tokner.ensemble import (_counts, _triples, choose, copy_doc as copy, f_scores, fold_assignment, objective,
-                             paper_row, predict, set_ents)
+from tokner.ensemble import (_counts, _triples, choose, f_scores, fold_assignment, held_out_docs, objective, paper_row,
+                             predict)
 from tokner.scoring.evaluation import load_gold_docs
 from tokner.scoring.scorer import PAPER_LABELS
 
@@ -194,7 +194,7 @@ def main() -> None:
             for i, pred in stack_fold(gold, feats, doc_probs, tr, te).items():
                 held["stack"][i] = pred
         for name, h in held.items():
-            row = paper_row(gold, [set_ents(copy(g), t) for g, t in zip(gold, h)])
+            row = paper_row(gold, held_out_docs(gold, h))
             runs[name].append({"split": "contiguous" if seed is None else f"seed {seed}", **row})
             print(f"{runs[name][-1]['split']:>10} {name:<22} avg {row['avg']:.3f} micro5 {row['micro5']:.3f} "
                   f"SKIN {row['SKINRAREDISEASE']:.3f}", flush=True)

@@ -28,7 +28,7 @@ import spacy
 import tokner.ensemble as ens
 from tokner.cli import _load_aligned_predictions
 from tokner.doctype import find_component, relabel
-from tokner.ensemble import copy_doc as copy, cross_fit, paper_row, paper_rows_markdown, set_ents
+from tokner.ensemble import cross_fit, held_out_docs, paper_row, paper_rows_markdown
 from tokner.scoring.scorer import PAPER_LABELS
 
 SINGLE = ens.DOC_TYPE_THRESHOLDS
@@ -64,8 +64,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=(False,), doc_probs=probs,
                         doc_thresholds=grid)
-        held = [set_ents(copy(g), t) for g, t in zip(gold, res["held_out"])]
-        rows[name] = paper_row(gold, held)
+        rows[name] = paper_row(gold, held_out_docs(gold, res["held_out"]))
         settings[name] = {"fold_settings": res["fold_settings"], "setting_all": res["setting_all"],
                           "seconds": round(time.perf_counter() - t0, 1)}
     print(paper_rows_markdown(rows, first="doc-type grid"))

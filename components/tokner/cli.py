@@ -237,8 +237,8 @@ def _cmd_ensemble_search(args) -> int:
     from spacy.tokens import DocBin
     from spacy.training import Example
 
-    from tokner.ensemble import (DOC_TYPE_THRESHOLDS, apply_consistency, copy_doc as copy, cross_fit, paper_row,
-                                 paper_rows_markdown, set_ents)
+    from tokner.ensemble import (DOC_TYPE_THRESHOLDS, apply_consistency, copy_doc as copy, cross_fit, held_out_docs,
+                                 paper_row, paper_rows_markdown)
     from tokner.scoring.scorer import PAPER_LABELS, score_paper_ner
 
     if args.repeats < 0:
@@ -267,7 +267,7 @@ def _cmd_ensemble_search(args) -> int:
             doc_kw = {"doc_thresholds": (doc_type.threshold,)}
 
     def held_docs(result):
-        return [set_ents(copy(g), triples) for g, triples in zip(gold, result["held_out"])]
+        return held_out_docs(gold, result["held_out"])
 
     rows = {}
     for name, docs in members.items():

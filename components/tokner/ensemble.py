@@ -330,6 +330,12 @@ def cross_fit(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Se
             "held_out": held}
 
 
+def held_out_docs(gold: Sequence[Doc], held_out: Sequence[Iterable[Triple]]) -> List[Doc]:
+    """Copies of the gold documents with ``held_out`` (one list of triples per document, as
+    :func:`cross_fit` returns them) as their entities: the cross-fitted predictions to score."""
+    return [set_ents(copy_doc(g), triples) for g, triples in zip(gold, held_out)]
+
+
 def cross_fit_runs(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Sequence[str],
                    seeds: Iterable[Optional[int]], folds: int = 2, doc_probs: Optional[Sequence[float]] = None,
                    on_run=None, **kw) -> List[Dict[str, Any]]:
@@ -346,8 +352,8 @@ def cross_fit_runs(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], label
     for seed in seeds:
         r = cross_fit(gold, members, labels, folds=folds, doc_probs=doc_probs, seed=seed,
                       strata=None if seed is None else strata, choose_all=False, **kw)
-        held = [set_ents(copy_doc(g), triples) for g, triples in zip(gold, r["held_out"])]
-        runs.append({"seed": seed, **paper_row(gold, held), "fold_settings": r["fold_settings"]})
+        runs.append({"seed": seed, **paper_row(gold, held_out_docs(gold, r["held_out"])),
+                     "fold_settings": r["fold_settings"]})
         if on_run is not None:
             on_run(runs[-1])
     return runs
