@@ -70,6 +70,15 @@ def test_two_jobs_overlap_wait_for_deps_and_skip_on_rerun(tmp_path):
     assert (tmp_path / "out" / "d").read_text() == "d"
     # the step's output went to its log; a thread count set by the user is kept
     assert "threads 3" in (tmp_path / "metrics" / "logs" / "slow2.log").read_text()
+    # --plan replays the measured seconds through the same rule without running anything
+    plan = _run(tmp_path, "--jobs", "2", "--plan", "metrics/timings-all.json")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    rows = {line.split()[0]: line.split() for line in plan.stdout.splitlines()[1:-1]}
+    assert list(rows) == ["setup", "slow1", "slow2", "join"]
+    assert rows["slow1"][2] == rows["slow2"][2] == rows["setup"][3]  # both start when setup ends
+    assert rows["slow1"][1] != rows["slow2"][1]  # in the two slots
+    assert float(plan.stdout.splitlines()[-1].split()[-1]) <= timings["wall_seconds"] / 60 + 0.05
+    assert srsly.read_json(tmp_path / "metrics" / "timings-all.json") == timings  # nothing ran
     again = _run(tmp_path, "--jobs", "2")
     assert again.returncode == 0
     for step in ("setup", "slow1", "slow2", "join"):
@@ -167,3 +176,22 @@ def test_logs_and_timings_follow_a_metrics_override(tmp_path):
     steps = srsly.read_json(tmp_path / "runs" / "best" / "timings-all.json")["steps"]
     assert [s["step"] for s in steps] == ["setup", "slow1", "slow2", "join"]
     assert not (tmp_path / "metrics").exists()
+
+
+def test_plan_schedule_replays_the_runner_rule():
+    """Up to `jobs` steps at once, a step after its predecessors, the first ready one in
+    workflow order first: with 2 slots the short slow2 ends first and join waits for slow1."""
+    from tokner.workflow import plan_schedule
+
+    steps = ["setup", "slow1", "slow2", "join"]
+    before = {"setup": [], "slow1": ["setup"], "slow2": ["setup"], "join": ["slow1", "slow2"]}
+    seconds = {"setup": 1, "slow1": 10, "slow2": 4, "join": 2}
+    two = [(p["step"], p["slot"], p["start"], p["end"]) for p in plan_schedule(steps, before, seconds, 2)]
+    assert two == [("setup", 0, 0, 1), ("slow1", 0, 1, 11), ("slow2", 1, 1, 5), ("join", 0, 11, 13)]
+    one = [(p["step"], p["start"], p["end"]) for p in plan_schedule(steps, before, seconds, 1)]
+    assert one == [("setup", 0, 1), ("slow1", 1, 11), ("slow2", 11, 15), ("join", 15, 17)]
+    # a step listed later but ready earlier fills a free slot: priority is only among ready steps
+    steps3 = ["a", "b", "c"]
+    before3 = {"a": [], "b": ["a"], "c": []}
+    got = [(p["step"], p["start"]) for p in plan_schedule(steps3, before3, {"a": 3, "b": 3, "c": 1}, 2)]
+    assert got == [("a", 0), ("c", 0), ("b", 3)]

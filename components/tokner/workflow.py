@@ -13,6 +13,10 @@
   file are weasel's own (``check_rerun``, ``update_lockfile``), the lock file written
   by one step at a time, so ``spacy project run STEP`` afterwards skips the same steps.
 
+``--plan SECONDS.json`` runs nothing: it prints the schedule ``--jobs N`` would follow if
+each step took the seconds given (a ``timings-NAME.json`` of an earlier run, or a
+``{"step": seconds}`` mapping), to choose a workflow's order without hours of training.
+
 Either way the runner stops starting steps at the first failure (steps already running
 finish), prints a timing table and writes it to ``<metrics>/timings-<workflow>.json``.
 ``--vars-file`` reads overrides of project.yml's ``vars`` from a YAML mapping (e.g.
@@ -114,6 +118,64 @@ def _say(msg: str, flush: bool = True) -> None:
             sys.stdout.flush()
 
 
+def _ready(steps: List[str], before: Dict[str, List[str]], state: Dict[str, str]) -> List[str]:
+    """The waiting steps whose predecessors are all done, in workflow order (its priority)."""
+    return [s for s in steps if state[s] == "waiting" and all(state[p] == "done" for p in before[s])]
+
+
+def plan_schedule(steps: List[str], before: Dict[str, List[str]], seconds: Dict[str, float],
+                  jobs: int) -> List[Dict[str, Any]]:
+    """Replay step durations through the runner's rule (``_ready``: up to ``jobs`` at once,
+    the first ready step in workflow order first) without running anything: the start and
+    end second of each step, and the worker slot it runs in. How the order of a workflow is
+    chosen: time its steps once, then try orders here instead of in hours of training."""
+    state = {s: "waiting" for s in steps}
+    running: Dict[str, float] = {}
+    slots: Dict[str, int] = {}
+    free = list(range(jobs))
+    now, plan = 0.0, []
+    while True:
+        for step in _ready(steps, before, state)[: jobs - len(running)]:
+            state[step] = "running"
+            running[step] = now + float(seconds[step])
+            slots[step] = free.pop(0)
+            plan.append({"step": step, "slot": slots[step], "start": now, "end": running[step]})
+        if not running:
+            return plan
+        now = min(running.values())
+        for step in [s for s, end in running.items() if end == now]:
+            state[step] = "done"
+            del running[step]
+            free = sorted(free + [slots[step]])
+
+
+def read_step_seconds(path: str) -> Dict[str, float]:
+    """Step durations from a runner's ``timings-NAME.json`` (its ``steps``) or a plain
+    ``{"step": seconds}`` JSON mapping."""
+    data = srsly.read_json(path)
+    if isinstance(data, dict) and isinstance(data.get("steps"), list):
+        return {t["step"]: float(t["seconds"]) for t in data["steps"]}
+    if isinstance(data, dict) and all(isinstance(v, (int, float)) for v in data.values()):
+        return {str(k): float(v) for k, v in data.items()}
+    raise SystemExit(f"{path}: expected a timings-NAME.json or a {{\"step\": seconds}} mapping")
+
+
+def print_plan(name: str, extra: List[str], seconds_file: str, project_dir: Path = Path("."),
+               jobs: int = 1) -> List[Dict[str, Any]]:
+    """``--plan FILE``: the schedule ``--jobs`` would follow with the durations in FILE."""
+    steps, commands = _workflow_steps(name, extra, project_dir)
+    seconds = read_step_seconds(seconds_file)
+    missing = [s for s in steps if s not in seconds]
+    if missing:
+        raise SystemExit(f"{seconds_file}: no seconds for steps {missing} of workflow {name!r}")
+    plan = plan_schedule(steps, step_predecessors(steps, commands), seconds, jobs)
+    _say(f"{'step':<24}{'slot':>5}{'start min':>11}{'end min':>9}")
+    for p in plan:
+        _say(f"{p['step']:<24}{p['slot']:>5}{p['start'] / 60:>11.1f}{p['end'] / 60:>9.1f}")
+    _say(f"{'wall (' + str(jobs) + ' jobs)':<24}{'':>5}{'':>11}{max(p['end'] for p in plan) / 60:>9.1f}")
+    return plan
+
+
 def _schedule(steps, before, state, cond, jobs, worker, threads, t_start) -> None:
     """Start each ready step (all its predecessors done) while fewer than ``jobs`` run, in
     workflow order; return when nothing runs and nothing more can start."""
@@ -121,9 +183,7 @@ def _schedule(steps, before, state, cond, jobs, worker, threads, t_start) -> Non
         while True:
             failed = any(v == "failed" for v in state.values())
             running = sum(v == "running" for v in state.values())
-            ready = [] if failed else [
-                s for s in steps if state[s] == "waiting" and all(state[p] == "done" for p in before[s])
-            ]
+            ready = [] if failed else _ready(steps, before, state)
             if not running and not ready:
                 break
             for step in ready[: jobs - running]:
@@ -135,20 +195,30 @@ def _schedule(steps, before, state, cond, jobs, worker, threads, t_start) -> Non
             cond.wait()
 
 
-def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> int:
+def _workflow_steps(name: str, extra: List[str], project_dir: Path) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:
+    """The workflow's steps and project.yml's commands, vars overridden by ``extra``."""
     from weasel.util.config import parse_config_overrides
-    from weasel.cli.run import check_rerun, update_lockfile
-    from weasel.util import load_project_config, split_command
+    from weasel.util import load_project_config
 
-    project_dir = project_dir.resolve()
-    raw = srsly.read_yaml(project_dir / "project.yml")
     overrides = parse_config_overrides(list(extra))  # it empties the list it is given
     config = load_project_config(project_dir, overrides=overrides)
+    if name not in config.get("workflows", {}):
+        raise SystemExit(f"workflow {name!r} not in project.yml (have: {', '.join(config.get('workflows', {}))})")
     commands = {c["name"]: c for c in config.get("commands", [])}
     steps = list(config["workflows"][name])
     unknown = [s for s in steps if s not in commands]
     if unknown:
         raise SystemExit(f"workflow {name!r} names steps that are not commands: {unknown}")
+    return steps, commands
+
+
+def _run_parallel(name: str, extra: List[str], project_dir: Path, jobs: int) -> int:
+    from weasel.cli.run import check_rerun, update_lockfile
+    from weasel.util import split_command
+
+    project_dir = project_dir.resolve()
+    raw = srsly.read_yaml(project_dir / "project.yml")
+    steps, commands = _workflow_steps(name, extra, project_dir)
     before = step_predecessors(steps, commands)
     metrics = _metrics_dir(raw, extra)
     logs = project_dir / metrics / "logs"
@@ -292,6 +362,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         _say(__doc__)
         return 2
     jobs, rest = split_jobs(argv[1:])
+    if "--plan" in rest:
+        i = rest.index("--plan")
+        if i + 1 >= len(rest):
+            raise SystemExit("--plan needs a JSON file of step seconds")
+        print_plan(argv[0], expand_vars_file(rest[:i] + rest[i + 2:]), rest[i + 1], jobs=jobs)
+        return 0
     return run_workflow(argv[0], expand_vars_file(rest), jobs=jobs)
 
 
