@@ -85,3 +85,37 @@ def test_hpo_concept_tokens_mark_skin_and_other_phenotypes(tmp_path):
     out = augment(nlp.make_doc(text))
     assert out.startswith(text) and out[len(text):].split() == ["hpoxskin", "hpoxphen"]
     assert info["names"] == {"hpoxskin": 3, "hpoxphen": 2}  # obsolete terms left out
+
+
+def test_member_ceiling_counts_and_train_lexicon_relabelling():
+    """benchmarks/member_ceiling.py: which gold spans some member found, where the vote's errors
+    fall, and a train lexicon moving a span between DISEASE and the rare-disease group."""
+    from spacy.tokens import Doc, Span
+
+    mc = _load("member_ceiling")
+    vocab = spacy.blank("en").vocab
+    words = "Patients with Alpha syndrome have rash and asthma .".split()
+
+    def doc(spans):
+        d = Doc(vocab, words=words)
+        d.ents = [Span(d, a, b, label=lab) for a, b, lab in spans]
+        return d
+
+    gold = [doc([(2, 4, "RAREDISEASE"), (5, 6, "SIGN"), (7, 8, "DISEASE")])]
+    members = {"a": [doc([(2, 4, "RAREDISEASE"), (7, 8, "RAREDISEASE")])],
+               "b": [doc([(2, 4, "RAREDISEASE"), (4, 6, "SIGN")])]}
+    c = mc.ceiling(gold, members)
+    assert c["RAREDISEASE"] == {"gold": 1, "any_member_exact": 1.0, "any_member_span_any_label": 1.0,
+                                "found_by_k_members": [0, 0, 1]}
+    assert c["SIGN"]["any_member_exact"] == 0.0 and c["SIGN"]["found_by_k_members"] == [1, 0, 0]
+    # "asthma": right span, wrong label -> counted under "right span" only
+    assert c["DISEASE"]["any_member_exact"] == 0.0 and c["DISEASE"]["any_member_span_any_label"] == 1.0
+    vote = members["a"]
+    errors = mc.vote_errors(gold, vote)
+    assert errors == {"RAREDISEASE -> RAREDISEASE": 1, "SIGN -> missed": 1, "DISEASE -> RAREDISEASE": 1}
+    # train labels "asthma" DISEASE twice: relabelled at min count 2, not at 3
+    train = [doc([(7, 8, "DISEASE"), (2, 4, "RAREDISEASE")]), doc([(7, 8, "DISEASE")])]
+    out, changed = mc.lexicon_relabel(train, vote, 2, 0.9)
+    assert changed == 1 and [(e.text, e.label_) for e in out[0].ents] == [("Alpha syndrome", "RAREDISEASE"), ("asthma", "DISEASE")]
+    assert mc.lexicon_relabel(train, vote, 3, 0.9)[1] == 0
+    assert [(e.text, e.label_) for e in vote[0].ents][1] == ("asthma", "RAREDISEASE")  # the input is not changed
