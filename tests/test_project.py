@@ -146,6 +146,12 @@ def test_best_workflow_writes_beside_all_not_over_it():
     commands = {c["name"]: c for c in cfg["commands"]}
     steps = cfg["workflows"]["best"]
     assert steps[-4:] == ["ensemble", "bert-doc-type", "ensemble-decoder", "compare-best"]
+    # the two longest trainings are the first two steps that can run once the corpus is there
+    from tokner.workflow import step_predecessors
+
+    before = step_predecessors(steps, commands)
+    assert [s for s in steps if set(before[s]) <= {"models", "corpus"}][2:4] == ["train-lora", "train-decoder"]
+    assert pairs["--vars.decoder_max_steps"] == "1500"
     # compare-best reads only what the workflow's steps write, and writes its report beside `all`'s
     produced = {o for s in steps for o in commands[s].get("outputs", [])}
     assert set(commands["compare-best"]["deps"]) <= produced | {"corpus/dev.spacy"}
