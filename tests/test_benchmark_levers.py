@@ -10,6 +10,20 @@ from tokner.ensemble import vote as library_vote
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _doc_maker(text):
+    """doc([(start, end, label), ...]) -> a Doc of ``text``'s words with those token spans as ents."""
+    from spacy.tokens import Doc, Span
+
+    vocab, words = spacy.blank("en").vocab, text.split()
+
+    def doc(spans):
+        d = Doc(vocab, words=words)
+        d.ents = [Span(d, a, b, label=lab) for a, b, lab in spans]
+        return d
+
+    return doc
+
+
 def _load(name):
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -33,19 +47,11 @@ def test_per_type_thresholds_keep_a_type_the_single_threshold_drops_and_resolve_
 
 
 def test_choose_per_label_lowers_only_the_threshold_of_the_type_one_member_finds():
-    from spacy.tokens import Doc, Span
-
     from tokner.ensemble import choose
     from tokner.scoring.scorer import PAPER_LABELS
 
     lt = _load("label_thresholds")
-    vocab = spacy.blank("en").vocab
-    words = "Patients with Alpha syndrome have rash and Beta fever .".split()
-
-    def doc(spans):
-        d = Doc(vocab, words=words)
-        d.ents = [Span(d, a, b, label=lab) for a, b, lab in spans]
-        return d
+    doc = _doc_maker("Patients with Alpha syndrome have rash and Beta fever .")
 
     right = [(2, 4, "RAREDISEASE"), (5, 6, "SIGN"), (7, 9, "SYMPTOM")]
     gold = [doc(right) for _ in range(3)]
@@ -90,17 +96,8 @@ def test_hpo_concept_tokens_mark_skin_and_other_phenotypes(tmp_path):
 def test_member_ceiling_counts_and_train_lexicon_relabelling():
     """benchmarks/member_ceiling.py: which gold spans some member found, where the vote's errors
     fall, and a train lexicon moving a span between DISEASE and the rare-disease group."""
-    from spacy.tokens import Doc, Span
-
     mc = _load("member_ceiling")
-    vocab = spacy.blank("en").vocab
-    words = "Patients with Alpha syndrome have rash and asthma .".split()
-
-    def doc(spans):
-        d = Doc(vocab, words=words)
-        d.ents = [Span(d, a, b, label=lab) for a, b, lab in spans]
-        return d
-
+    doc = _doc_maker("Patients with Alpha syndrome have rash and asthma .")
     gold = [doc([(2, 4, "RAREDISEASE"), (5, 6, "SIGN"), (7, 8, "DISEASE")])]
     members = {"a": [doc([(2, 4, "RAREDISEASE"), (7, 8, "RAREDISEASE")])],
                "b": [doc([(2, 4, "RAREDISEASE"), (4, 6, "SIGN")])]}
