@@ -195,3 +195,19 @@ def test_plan_schedule_replays_the_runner_rule():
     before3 = {"a": [], "b": ["a"], "c": []}
     got = [(p["step"], p["start"]) for p in plan_schedule(steps3, before3, {"a": 3, "b": 3, "c": 1}, 2)]
     assert got == [("a", 0), ("c", 0), ("b", 3)]
+
+
+def test_plan_names_the_steps_without_seconds_and_rejects_other_json(tmp_path, monkeypatch):
+    import pytest
+
+    from tokner.workflow import main, read_step_seconds
+
+    (tmp_path / "project.yml").write_text(PROJECT)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.json").write_text('{"setup": 1, "slow1": 2}')
+    with pytest.raises(SystemExit, match=r"no seconds for steps \['slow2', 'join'\]"):
+        main(["all", "--jobs", "2", "--plan", "s.json"])
+    (tmp_path / "bad.json").write_text('["setup", 1]')
+    with pytest.raises(SystemExit, match="expected a timings-NAME.json"):
+        read_step_seconds("bad.json")
+    assert read_step_seconds("s.json") == {"setup": 1.0, "slow1": 2.0}
