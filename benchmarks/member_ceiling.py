@@ -117,15 +117,18 @@ def main() -> int:
     ap.add_argument("--output")
     args = ap.parse_args()
     nlp = spacy.blank("en")
-    gold, members = _load_aligned_predictions(args.dev, args.members, nlp)
+    if args.vote and any(m.partition("=")[0] == "vote" for m in args.members):
+        raise SystemExit("--members: 'vote' names the --vote predictions; call the member something else")
+    specs = args.members + ([f"vote={args.vote}"] if args.vote else [])
+    gold, members = _load_aligned_predictions(args.dev, specs, nlp)  # gold read once for both
+    vote = members.pop("vote", None) if args.vote else None
     out = {"members": args.members, "ceiling": ceiling(gold, members)}
     print("| type | gold | some member exact | some member, right span | found by 0..k members |")
     print("|---|---:|---:|---:|---|")
     for label, row in out["ceiling"].items():
         print(f"| {label} | {row['gold']} | {row['any_member_exact']:.3f} | {row['any_member_span_any_label']:.3f} "
               f"| {row['found_by_k_members']} |")
-    if args.vote:
-        vote = _load_aligned_predictions(args.dev, [f"vote={args.vote}"], nlp)[1]["vote"]
+    if vote is not None:
         errors = vote_errors(gold, vote)
         out["vote_errors"] = dict(errors.most_common())
         print("\nvote: gold -> predicted (right span unless stated)")
