@@ -41,24 +41,20 @@ def _spans(doc: Doc) -> Dict[tuple, str]:
 
 
 def ceiling(gold: List[Doc], members: Dict[str, List[Doc]]) -> Dict[str, Dict[str, float]]:
-    out = {}
-    for label in PAPER_LABELS:
-        n = exact = span = 0
-        by_count = Counter()
-        for i, g in enumerate(gold):
-            preds = [_spans(m[i]) for m in members.values()]
-            for s, lab in _spans(g).items():
-                if lab != label:
-                    continue
-                n += 1
-                hits = sum(p.get(s) == lab for p in preds)
-                by_count[hits] += 1
-                exact += hits > 0
-                span += any(s in p for p in preds)
-        out[label] = {"gold": n, "any_member_exact": exact / n if n else 0.0,
-                      "any_member_span_any_label": span / n if n else 0.0,
-                      "found_by_k_members": [by_count[k] for k in range(len(members) + 1)]}
-    return out
+    n, exact, span = Counter(), Counter(), Counter()
+    by_count = {label: Counter() for label in PAPER_LABELS}
+    for i, g in enumerate(gold):
+        preds = [_spans(m[i]) for m in members.values()]
+        for s, lab in _spans(g).items():
+            n[lab] += 1
+            hits = sum(p.get(s) == lab for p in preds)
+            by_count[lab][hits] += 1
+            exact[lab] += hits > 0
+            span[lab] += any(s in p for p in preds)
+    return {label: {"gold": n[label], "any_member_exact": exact[label] / n[label] if n[label] else 0.0,
+                    "any_member_span_any_label": span[label] / n[label] if n[label] else 0.0,
+                    "found_by_k_members": [by_count[label][k] for k in range(len(members) + 1)]}
+            for label in PAPER_LABELS}
 
 
 def vote_errors(gold: List[Doc], vote: List[Doc]) -> Counter:
@@ -78,12 +74,17 @@ def vote_errors(gold: List[Doc], vote: List[Doc]) -> Counter:
     return errors
 
 
-def lexicon_relabel(train: List[Doc], vote: List[Doc], min_count: int, purity: float):
+def train_lexicon(train: List[Doc]) -> Dict[str, Counter]:
+    """Lowercased disease mention -> how often train labels it DISEASE / one of the rare ones."""
     lex = defaultdict(Counter)
     for d in train:
         for e in d.ents:
             if e.label_ in DISEASES:
                 lex[e.text.lower()][_group(e.label_)] += 1
+    return lex
+
+
+def lexicon_relabel(lex: Dict[str, Counter], vote: List[Doc], min_count: int, purity: float):
     out, changed = [], 0
     for p in vote:
         d = p.copy()
@@ -134,7 +135,7 @@ def main() -> int:
         print("\nvote: gold -> predicted (right span unless stated)")
         for k, v in errors.most_common():
             print(f"  {k}: {v}")
-        train = list(DocBin().from_disk(args.train).get_docs(nlp.vocab))
+        lex = train_lexicon(list(DocBin().from_disk(args.train).get_docs(nlp.vocab)))
         base = _score(gold, vote)
         out["lexicon"] = [{"min_count": 0, "purity": 0, "changed": 0, **base}]
         print(f"\nvote: Avg-5 {base['avg']:.3f} micro-5 {base['micro5']:.3f}; train-lexicon relabelling:")
@@ -142,7 +143,7 @@ def main() -> int:
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for k in (1, 2, 3, 5):
             for p in (0.6, 0.75, 0.9):
-                relabelled, changed = lexicon_relabel(train, vote, k, p)
+                relabelled, changed = lexicon_relabel(lex, vote, k, p)
                 s = _score(gold, relabelled)
                 out["lexicon"].append({"min_count": k, "purity": p, "changed": changed, **s})
                 print(f"| {k} | {p} | {changed} | {s['avg']:.3f} | {s['micro5']:.3f} | {s['DISEASE']:.3f} | "

@@ -112,7 +112,9 @@ def test_member_ceiling_counts_and_train_lexicon_relabelling():
     assert errors == {"RAREDISEASE -> RAREDISEASE": 1, "SIGN -> missed": 1, "DISEASE -> RAREDISEASE": 1}
     # train labels "asthma" DISEASE twice: relabelled at min count 2, not at 3
     train = [doc([(7, 8, "DISEASE"), (2, 4, "RAREDISEASE")]), doc([(7, 8, "DISEASE")])]
-    out, changed = mc.lexicon_relabel(train, vote, 2, 0.9)
+    lex = mc.train_lexicon(train)
+    assert lex == {"asthma": {"DISEASE": 2}, "alpha syndrome": {"RARE": 1}}
+    out, changed = mc.lexicon_relabel(lex, vote, 2, 0.9)
     assert changed == 1 and [(e.text, e.label_) for e in out[0].ents] == [("Alpha syndrome", "RAREDISEASE"), ("asthma", "DISEASE")]
-    assert mc.lexicon_relabel(train, vote, 3, 0.9)[1] == 0
+    assert mc.lexicon_relabel(lex, vote, 3, 0.9)[1] == 0
     assert [(e.text, e.label_) for e in vote[0].ents][1] == ("asthma", "RAREDISEASE")  # the input is not changed
