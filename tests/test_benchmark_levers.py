@@ -118,3 +118,29 @@ def test_member_ceiling_counts_and_train_lexicon_relabelling():
     assert changed == 1 and [(e.text, e.label_) for e in out[0].ents] == [("Alpha syndrome", "RAREDISEASE"), ("asthma", "DISEASE")]
     assert mc.lexicon_relabel(lex, vote, 3, 0.9)[1] == 0
     assert [(e.text, e.label_) for e in vote[0].ents][1] == ("asthma", "RAREDISEASE")  # the input is not changed
+
+
+def test_token_vote_combines_member_boundaries_and_splits_where_a_new_entity_starts():
+    """benchmarks/token_vote.py: a span no member proposed (one member's start, another's
+    end), labels by the weight over the span's tokens, a split where more weight starts an
+    entity than continues one, and a threshold that drops thin tokens."""
+    tv = _load("token_vote")
+    doc = _doc_maker("severe pain in the legs and mild fever")
+    # words: 0 severe 1 pain 2 in 3 the 4 legs 5 and 6 mild 7 fever
+    docs = {"a": doc([(0, 3, "SIGN"), (6, 8, "SYMPTOM")]),
+            "b": doc([(1, 5, "SIGN"), (7, 8, "SYMPTOM")]),
+            "c": doc([(1, 5, "SYMPTOM")])}
+    w = {"a": 1.0, "b": 1.0, "c": 0.5}
+    text = docs["a"].text
+
+    def spans(weights, t):
+        return [(text[s:e], lab) for s, e, lab in tv.token_vote(docs, weights, t)]
+
+    # threshold 1: "severe" (a only) is in, "in the legs" come from b and c; a starts at
+    # "severe" and b, c start at "pain" (1.5 starting against a's 1.0 continuing): a split;
+    # "mild" (a only, 1.0) joins "fever"'s run, since at "fever" 1.0 starts and 1.0 continues
+    assert spans(w, 1.0) == [("severe", "SIGN"), ("pain in the legs", "SIGN"), ("mild fever", "SYMPTOM")]
+    # threshold 1.5: "severe" and "mild" drop out; "pain in" has 2.5, "the legs" 1.5
+    assert spans(w, 1.5) == [("pain in the legs", "SIGN"), ("fever", "SYMPTOM")]
+    # c weighs most: its SYMPTOM outweighs b's SIGN over "pain in the legs"
+    assert spans({"a": 1.0, "b": 1.0, "c": 2.0}, 2.0) == [("pain in the legs", "SYMPTOM"), ("fever", "SYMPTOM")]
