@@ -145,22 +145,25 @@ def test_best_workflow_writes_beside_all_not_over_it():
     cfg = load_project_config(ROOT, overrides={"vars.raredis_dir": "x", **{f"vars.{k}": v for k, v in best_vars.items()}})
     commands = {c["name"]: c for c in cfg["commands"]}
     steps = cfg["workflows"]["best"]
-    assert steps[-4:] == ["ensemble", "bert-doc-type", "ensemble-decoder", "compare-best"]
-    # the two longest trainings are the first two steps that can run once the corpus is there
+    assert steps[-3:] == ["bert-doc-type", "ensemble-best", "compare-best"]
+    # the two longest trainings are the first two steps that can run once the corpus is there,
+    # MiniLM (the longer of the two others) next
     from tokner.workflow import step_predecessors
 
     before = step_predecessors(steps, commands)
-    assert [s for s in steps if set(before[s]) <= {"models", "corpus"}][2:4] == ["train-lora", "train-decoder"]
+    assert [s for s in steps if set(before[s]) <= {"models", "corpus"}][2:5] == ["train-lora", "train-decoder", "train-bert"]
+    # the plain CNN is not a member of the best ensemble, so the workflow does not train it
+    assert "train-cnn" not in steps and "cnn=" not in commands["ensemble-best"]["script"][0]
     assert pairs["--vars.decoder_max_steps"] == "1500"
     # compare-best reads only what the workflow's steps write, and writes its report beside `all`'s
     produced = {o for s in steps for o in commands[s].get("outputs", [])}
     assert set(commands["compare-best"]["deps"]) <= produced | {"corpus/dev.spacy"}
     assert commands["compare-best"]["outputs"][0] == "reports/best/comparison.md"
-    assert "ensemble-decoder=metrics/best/ensemble_decoder-dev.json" in commands["compare-best"]["script"][0]
+    assert "ensemble-best=metrics/best/ensemble_best-dev.json" in commands["compare-best"]["script"][0]
     outputs = [o for s in steps for o in commands[s].get("outputs", [])]
     trained = [o for o in outputs if o.startswith(("training", "metrics"))]
-    assert "training/best/ensemble" in trained and "metrics/best/lora-dev.spacy" in trained
-    assert "training/best/bert_doc_type" in trained and "training/best/ensemble_decoder" in trained
+    assert "training/best/ensemble_best" in trained and "metrics/best/lora-dev.spacy" in trained
+    assert "training/best/bert_doc_type" in trained
     assert all(o.startswith(("training/best/", "metrics/best/")) for o in trained), trained
     assert all(o.startswith(("training/best/", "metrics/best/", "reports/best/", "corpus/", "assets/")) for o in outputs), outputs
     assert "--lora.max_steps 1600" in commands["train-lora"]["script"][0]
@@ -170,4 +173,10 @@ def test_best_workflow_writes_beside_all_not_over_it():
     argv = split_command(commands["train-decoder"]["script"][0])
     assert argv[argv.index("--components.transformer.model.bidirectional") + 1] == "true"
     assert argv[argv.index("--components.transformer.model.tokenizer_config.pad_token") + 1] == "<|im_end|>"
-    assert "decoder=metrics/best/decoder-dev.spacy" in commands["ensemble-decoder"]["script"][0]
+    search, build = commands["ensemble-best"]["script"]
+    members = [a for a in split_command(search) if "=metrics/best/" in a]
+    assert members == ["lora=metrics/best/lora-dev.spacy", "bert=metrics/best/bert-dev.spacy",
+                       "cnn-vectors=metrics/best/cnn_vectors-dev.spacy", "decoder=metrics/best/decoder-dev.spacy"]
+    # the pipeline is built from the same members, in the same order, as the search
+    built = [a for a in split_command(build) if "=training/best/" in a]
+    assert [m.split("=")[0] for m in built] == [m.split("=")[0] for m in members]
