@@ -163,3 +163,41 @@ def test_rerun_skips_unchanged_steps(tiny_project):
         for step in ("corpus", "train-cnn", "train-bert", "llm-zero", "train-lora", "ensemble", "bert-doc-type",
                      "compare"):
             assert f"Skipping '{step}'" in out, step
+
+
+def test_ensemble_best_step_votes_over_its_four_members(tiny_project):
+    """The `best` workflow's `ensemble-best` step (spacy project run) on the tiny project's
+    members, the CNN standing in for the decoder member: the search and the build run, the
+    pipeline holds exactly its four members and gives what its setting gives on their saved
+    predictions, document type included."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    from tokner.doctype import find_component
+    from tokner.ensemble import predict
+
+    proj = tiny_project[0]
+    shutil.copytree(proj / "training" / "cnn" / "model-best", proj / "training" / "decoder" / "model-best")
+    shutil.copy(proj / "metrics" / "cnn-dev.spacy", proj / "metrics" / "decoder-dev.spacy")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "spacy", "project", "run", "ensemble-best", "."], cwd=proj, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
+    nlp = spacy.load(proj / "training" / "ensemble_best")
+    inside = sorted(p.name for p in (proj / "training" / "ensemble_best" / "tokner_ensemble" / "members").iterdir())
+    assert inside == ["bert", "cnn-vectors", "decoder", "lora"]
+    gold = list(DocBin().from_disk(proj / "corpus" / "dev.spacy").get_docs(nlp.vocab))
+    saved = {m: list(DocBin().from_disk(proj / "metrics" / f"{f}-dev.spacy").get_docs(nlp.vocab))
+             for m, f in (("lora", "lora"), ("bert", "bert"), ("cnn-vectors", "cnn_vectors"), ("decoder", "decoder"))}
+    setting = json.loads((proj / "metrics" / "ensemble_best-search.json").read_text())["setting_all"]
+    assert set(setting["weights"]) == set(saved)
+    probs = find_component(spacy.load(proj / "training" / "doc_type"), "doc_type").model.predict([g.text for g in gold])
+    expected = predict(gold, saved, setting, doc_probs=probs)
+    assert [[(e.start_char, e.end_char, e.label_) for e in nlp(g.text).ents] for g in gold] == expected
+    # the step's row is the paper metric of its held-out (cross-fitted) predictions
+    from tokner.ensemble import paper_row
+
+    row = json.loads((proj / "metrics" / "ensemble_best-dev.json").read_text())
+    held_out = list(DocBin().from_disk(proj / "metrics" / "ensemble_best-dev.spacy").get_docs(nlp.vocab))
+    scores = paper_row(gold, held_out)
+    assert (row["paper_micro5_f"], row["paper_avg_f"]) == pytest.approx((scores["micro5"], scores["avg"]))
