@@ -5,8 +5,9 @@ A token-level vote can combine boundaries: each member's entity gives its weight
 label of every token it covers, a token is inside an entity when the weight covering it
 reaches the threshold, and a run of inside tokens is split where more weight starts an
 entity at a token than continues one into it; a span's label is the one with the most
-weight over its tokens. Both are searched over the same weights (the first member's fixed
-at 1, the others on 0.5/1/1.5/2) and thresholds (multiples of 0.5), and each is scored at its
+weight over its tokens. Both are searched over the same settings, the ensemble search's
+(`tokner.ensemble.candidate_settings`: the first member's weight fixed at 1, the others on
+0.5/1/1.5/2, every threshold that separates the weight sums), and each is scored at its
 best setting on all the docs given: an in-sample upper bound for both, enough to tell whether
 the token vote is worth cross-fitting. No document type here: it acts after either vote.
 
@@ -17,7 +18,6 @@ the token vote is worth cross-fitting. No document type here: it acts after eith
 from __future__ import annotations
 
 import argparse
-import itertools
 from collections import defaultdict
 from typing import Dict, List
 
@@ -25,11 +25,9 @@ import spacy
 from spacy.tokens import Doc
 
 from tokner.cli import _load_aligned_predictions
-from tokner.ensemble import Triple, _counts, _triples, f_scores, vote
+from tokner.ensemble import Triple, _counts, _triples, candidate_settings, f_scores, vote
 from tokner.scoring.scorer import PAPER_LABELS
 from tokner.utils.textfile import write_json
-
-GRID = (0.5, 1.0, 1.5, 2.0)
 
 
 def token_vote(docs: Dict[str, Doc], weights: Dict[str, float], threshold: float) -> List[Triple]:
@@ -80,16 +78,14 @@ def main() -> int:
     labels = list(PAPER_LABELS)
     spans = [{n: _triples(members[n][i]) for n in names} for i in range(len(gold))]
     best: Dict[str, tuple] = {}
-    for rest in itertools.product(GRID, repeat=len(names) - 1):
-        w = dict(zip(names, (1.0, *rest)))
-        for t in [0.5 * k for k in range(1, int(2 * sum(w.values())) + 1)]:
-            rows = {"token": [token_vote({n: members[n][i] for n in names}, w, t) for i in range(len(gold))]}
-            for bb in (False, True):
-                rows[f"span (by_boundary={bb})"] = [vote(s, w, t, bb) for s in spans]
-            for kind, pred in rows.items():
-                sc = f_scores(_counts(gold, pred, labels))
-                if kind not in best or sc["micro"] > best[kind][0]["micro"] + 1e-12:
-                    best[kind] = (sc, {"weights": w, "threshold": t})
+    for w, t in candidate_settings(names):
+        rows = {"token": [token_vote({n: members[n][i] for n in names}, w, t) for i in range(len(gold))]}
+        for bb in (False, True):
+            rows[f"span (by_boundary={bb})"] = [vote(s, w, t, bb) for s in spans]
+        for kind, pred in rows.items():
+            sc = f_scores(_counts(gold, pred, labels))
+            if kind not in best or sc["micro"] > best[kind][0]["micro"] + 1e-12:
+                best[kind] = (sc, {"weights": w, "threshold": t})
     result = {kind: {"micro5": sc["micro"], "avg": sc["avg"], **{lab: sc[lab] for lab in labels}, "setting": st}
               for kind, (sc, st) in best.items()}
     for kind, r in result.items():
