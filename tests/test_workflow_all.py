@@ -24,6 +24,20 @@ pytest.importorskip("peft")
 from reference_scores import seqeval_micro5  # noqa: E402
 from tiny_models import ROOT, make_tiny_bert, make_tiny_llama, pick_brat  # noqa: E402
 
+
+def _assert_reproduces_saved(folder, gold, saved, setting, members, doc_probs=None):
+    """The voting pipeline in `folder` holds exactly `members` and gives, on the gold texts, what
+    `setting` gives on the members' saved predictions (tokner.ensemble.predict)."""
+    import spacy
+
+    from tokner.ensemble import predict
+
+    nlp = spacy.load(folder)
+    assert sorted(p.name for p in (folder / "tokner_ensemble" / "members").iterdir()) == members
+    expected = predict(gold, saved, setting, doc_probs=doc_probs)
+    assert [[(e.start_char, e.end_char, e.label_) for e in nlp(g.text).ents] for g in gold] == expected
+    return nlp
+
 METHODS = ("cnn", "cnn-vectors", "bert", "zero-shot", "few-shot", "rag", "lora-constrained", "lora-free", "ensemble",
            "bert-doc-type")
 
@@ -129,33 +143,24 @@ def test_every_method_scored_with_the_paper_metric(tiny_project):
     # the voting pipeline, its members inside, gives what the chosen setting gives on the
     # members' saved predictions (the LoRA row decodes in float32 here, as the saved member does)
     import spacy
-    from spacy.tokens import DocBin
 
-    from tokner.ensemble import predict
+    from tokner.doctype import find_component
 
-    nlp = spacy.load(proj / "training" / "ensemble")
-    inside = sorted(p.name for p in (proj / "training" / "ensemble" / "tokner_ensemble" / "members").iterdir())
-    assert inside == ["bert", "cnn", "cnn-vectors", "lora"]
-    gold = list(DocBin().from_disk(proj / "corpus" / "dev.spacy").get_docs(nlp.vocab))
-    saved = {m: list(DocBin().from_disk(proj / "metrics" / f"{names[m]}.spacy").get_docs(nlp.vocab))
+    vocab = spacy.blank("en").vocab
+    gold = list(DocBin().from_disk(proj / "corpus" / "dev.spacy").get_docs(vocab))
+    saved = {m: list(DocBin().from_disk(proj / "metrics" / f"{names[m]}.spacy").get_docs(vocab))
              for m in ("lora-constrained", "bert", "cnn-vectors", "cnn")}
     saved["lora"] = saved.pop("lora-constrained")
     setting = json.loads((proj / "metrics" / "ensemble-search.json").read_text())["setting_all"]
-    expected = predict(gold, saved, setting)
-    assert [[(e.start_char, e.end_char, e.label_) for e in nlp(g.text).ents] for g in gold] == expected
+    _assert_reproduces_saved(proj / "training" / "ensemble", gold, saved, setting, ["bert", "cnn", "cnn-vectors", "lora"])
     # the fast pipeline: MiniLM + NER inside, then the document type at the threshold chosen on dev
-    from tokner.doctype import find_component
-
-    fast = spacy.load(proj / "training" / "bert_doc_type")
     setting = json.loads((proj / "metrics" / "bert_doc_type-search.json").read_text())["setting_all"]
+    probs = find_component(spacy.load(proj / "training" / "doc_type"), "doc_type").model.predict([g.text for g in gold])
+    fast = _assert_reproduces_saved(proj / "training" / "bert_doc_type", gold, {"bert": saved["bert"]}, setting,
+                                    ["bert"], doc_probs=probs)
     # (on 2 dev documents the search may find relabelling no better than none; then it leaves it out)
     with_doc_type = ["tokner_doc_type"] if setting["doc_type_threshold"] is not None else []
     assert fast.pipe_names == ["tokner_sentencizer", "tokner_ensemble", *with_doc_type]
-    inside = sorted(p.name for p in (proj / "training" / "bert_doc_type" / "tokner_ensemble" / "members").iterdir())
-    assert inside == ["bert"]
-    probs = find_component(spacy.load(proj / "training" / "doc_type"), "doc_type").model.predict([g.text for g in gold])
-    expected = predict(gold, {"bert": saved["bert"]}, setting, doc_probs=probs)
-    assert [[(e.start_char, e.end_char, e.label_) for e in fast(g.text).ents] for g in gold] == expected
 
 
 def test_rerun_skips_unchanged_steps(tiny_project):
@@ -174,7 +179,7 @@ def test_ensemble_best_step_votes_over_its_four_members(tiny_project):
     from spacy.tokens import DocBin
 
     from tokner.doctype import find_component
-    from tokner.ensemble import predict
+    from tokner.ensemble import paper_row
 
     proj = tiny_project[0]
     shutil.copytree(proj / "training" / "cnn" / "model-best", proj / "training" / "decoder" / "model-best")
@@ -183,20 +188,16 @@ def test_ensemble_best_step_votes_over_its_four_members(tiny_project):
     run = subprocess.run([sys.executable, "-m", "spacy", "project", "run", "ensemble-best", "."], cwd=proj, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
-    nlp = spacy.load(proj / "training" / "ensemble_best")
-    inside = sorted(p.name for p in (proj / "training" / "ensemble_best" / "tokner_ensemble" / "members").iterdir())
-    assert inside == ["bert", "cnn-vectors", "decoder", "lora"]
-    gold = list(DocBin().from_disk(proj / "corpus" / "dev.spacy").get_docs(nlp.vocab))
-    saved = {m: list(DocBin().from_disk(proj / "metrics" / f"{f}-dev.spacy").get_docs(nlp.vocab))
+    vocab = spacy.blank("en").vocab
+    gold = list(DocBin().from_disk(proj / "corpus" / "dev.spacy").get_docs(vocab))
+    saved = {m: list(DocBin().from_disk(proj / "metrics" / f"{f}-dev.spacy").get_docs(vocab))
              for m, f in (("lora", "lora"), ("bert", "bert"), ("cnn-vectors", "cnn_vectors"), ("decoder", "decoder"))}
     setting = json.loads((proj / "metrics" / "ensemble_best-search.json").read_text())["setting_all"]
     assert set(setting["weights"]) == set(saved)
     probs = find_component(spacy.load(proj / "training" / "doc_type"), "doc_type").model.predict([g.text for g in gold])
-    expected = predict(gold, saved, setting, doc_probs=probs)
-    assert [[(e.start_char, e.end_char, e.label_) for e in nlp(g.text).ents] for g in gold] == expected
+    nlp = _assert_reproduces_saved(proj / "training" / "ensemble_best", gold, saved, setting,
+                                   ["bert", "cnn-vectors", "decoder", "lora"], doc_probs=probs)
     # the step's row is the paper metric of its held-out (cross-fitted) predictions
-    from tokner.ensemble import paper_row
-
     row = json.loads((proj / "metrics" / "ensemble_best-dev.json").read_text())
     held_out = list(DocBin().from_disk(proj / "metrics" / "ensemble_best-dev.spacy").get_docs(nlp.vocab))
     scores = paper_row(gold, held_out)
