@@ -249,6 +249,39 @@ def test_ensemble_search_cli(tmp_path):
     assert bad.returncode != 0 and "--folds must be between 2 and the 4 documents" in bad.stderr
 
 
+def test_ensemble_search_weight_grid(tmp_path):
+    """--weight-grid 1: equal weights, only the threshold (and span mode) chosen."""
+    nlp = spacy.blank("en")
+    a, b, c = (2, 4, "RAREDISEASE"), (5, 6, "SIGN"), (8, 9, "SYMPTOM")
+    wrong = (0, 1, "SIGN")
+    gold = _with(_docs(nlp.vocab, 4), [[a, b, c]] * 4)
+    DocBin(docs=gold).to_disk(tmp_path / "gold.spacy")
+    for name, spans in {"m1": [a, b, c], "m2": [wrong, a], "m3": [b]}.items():
+        DocBin(docs=_with(gold, [spans] * 4)).to_disk(tmp_path / f"{name}.spacy")
+    base = [sys.executable, "-m", "tokner", "ensemble-search", str(tmp_path / "gold.spacy"), "--members",
+            *(f"{m}={tmp_path / m}.spacy" for m in ("m1", "m2", "m3")), "--no-consistency"]
+
+    def search(*extra):
+        out = subprocess.run(base + ["--output", str(tmp_path / "e.json"), *extra], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return json.loads((tmp_path / "e.json").read_text())
+
+    row = "vote(m1+m2+m3), cross-fit 2 folds"
+    # weighted (default grid): m2 and m3 at half m1's weight, threshold 1: m1's three spans, not m2's lone one
+    weighted = search()
+    assert weighted["weight_grid"] == [0.5, 1.0, 1.5, 2.0]
+    assert weighted["setting_all"]["weights"] == {"m1": 1.0, "m2": 0.5, "m3": 0.5}
+    assert weighted["rows"][row]["micro5"] == pytest.approx(1.0)
+    # equal weights: one vote takes the wrong span too (P 3/4, R 1), two votes lose c (P 1, R 2/3)
+    equal = search("--weight-grid", "1")
+    assert equal["weight_grid"] == [1.0]
+    assert equal["setting_all"]["weights"] == {"m1": 1.0, "m2": 1.0, "m3": 1.0}
+    assert equal["setting_all"]["threshold"] == pytest.approx(1.0)
+    assert equal["rows"][row]["micro5"] == pytest.approx(6 / 7)
+    bad = subprocess.run(base + ["--weight-grid", "0"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--weight-grid: weights must be positive" in bad.stderr
+
+
 def test_ensemble_build_then_load_and_annotate(tmp_path):
     a = _member(tmp_path / "a", [{"label": "RAREDISEASE", "pattern": "Alpha syndrome"}, {"label": "SIGN", "pattern": "rash"}])
     b = _member(tmp_path / "b", [{"label": "RAREDISEASE", "pattern": "Alpha syndrome"}, {"label": "SYMPTOM", "pattern": "fever"}])

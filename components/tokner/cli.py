@@ -243,6 +243,9 @@ def _cmd_ensemble_search(args) -> int:
 
     if args.repeats < 0:
         raise SystemExit(f"--repeats must be 0 or more, got {args.repeats}")
+    if any(w <= 0 for w in args.weight_grid):
+        raise SystemExit(f"--weight-grid: weights must be positive, got {args.weight_grid}")
+    grid = {"weight_grid": tuple(args.weight_grid)}  # the member weights the vote's search tries
     nlp = spacy.blank("en")
     gold, members = _load_aligned_predictions(args.gold, args.members, nlp)
     if not 2 <= args.folds <= len(gold):
@@ -278,11 +281,11 @@ def _cmd_ensemble_search(args) -> int:
                               by_boundary=(False,), doc_probs=doc_probs, **doc_kw)
             rows[f"{name} + doc type, cross-fit {args.folds} folds"] = paper(held_docs(alone))
     consistency = (False,) if args.no_consistency else (False, True)
-    result = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency)
+    result = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency, **grid)
     if doc_probs is not None:
         rows[f"vote({'+'.join(members)}), cross-fit {args.folds} folds"] = paper(held_docs(result))
         result = cross_fit(gold, members, PAPER_LABELS, folds=args.folds, consistency=consistency, doc_probs=doc_probs,
-                           **doc_kw)
+                           **doc_kw, **grid)
     held = held_docs(result)
     key = f"vote({'+'.join(members)}){' + doc type' if doc_probs is not None else ''}, cross-fit {args.folds} folds"
     rows[key] = paper(held)
@@ -294,13 +297,14 @@ def _cmd_ensemble_search(args) -> int:
         from tokner.ensemble import cross_fit_runs, spread as spread_of
 
         runs = cross_fit_runs(gold, members, PAPER_LABELS, range(args.repeats), folds=args.folds,
-                              consistency=consistency, doc_probs=doc_probs, **doc_kw)
+                              consistency=consistency, doc_probs=doc_probs, **doc_kw, **grid)
         spread = {"row": key, "runs": runs, **spread_of(runs, ["avg", "micro5", *PAPER_LABELS])}
         print(f"{key}, over {args.repeats} shuffled fold assignments stratified by document type (seeds 0-{args.repeats - 1}): "
               + ", ".join(f"{c} {spread[c]['mean']:.3f} (sd {spread[c]['sd']:.3f}, {spread[c]['min']:.3f}-{spread[c]['max']:.3f})"
                           for c in ("avg", "micro5", "SKINRAREDISEASE")))
     if args.output:
         out = {"gold": args.gold, "members": dict(s.partition("=")[::2] for s in args.members), "folds": args.folds,
+               "weight_grid": list(args.weight_grid),
                "rows": rows, "fold_settings": result["fold_settings"], "setting_all": result["setting_all"],
                "doc_type": args.doc_type,
                "doc_type_thresholds_tried": None if doc_probs is None else list(doc_kw.get("doc_thresholds", DOC_TYPE_THRESHOLDS))}
@@ -568,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "document type) and report the mean, sd and range of its scores: how much the figure owes "
                          "to one split")
     en.add_argument("--no-consistency", action="store_true", help="do not try document consistency after the vote")
+    en.add_argument("--weight-grid", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], metavar="W",
+                    help="member weights the search tries (the first member's fixed at 1; default 0.5 1 1.5 2); "
+                         "'--weight-grid 1' votes with equal weights and chooses only the threshold and span mode")
     en.add_argument("--doc-type", metavar="PIPELINE",
                     help="a tokner train-doc-type pipeline: also try relabelling RAREDISEASE/SKINRAREDISEASE by its "
                          "document probability after the vote (each fold chooses relabelling or not with the weights)")
