@@ -1,4 +1,4 @@
-"""The helpers of two lever benchmarks (benchmarks/label_thresholds.py, benchmarks/doc_type_hpo.py)
+"""The helpers of the lever benchmarks (benchmarks/label_thresholds.py, benchmarks/doc_type_hpo.py, ...)
 on inputs small enough to check by hand."""
 import importlib.util
 from pathlib import Path
@@ -144,3 +144,32 @@ def test_token_vote_combines_member_boundaries_and_splits_where_a_new_entity_sta
     assert spans(w, 1.5) == [("pain in the legs", "SIGN"), ("fever", "SYMPTOM")]
     # c weighs most: its SYMPTOM outweighs b's SIGN over "pain in the legs"
     assert spans({"a": 1.0, "b": 1.0, "c": 2.0}, 2.0) == [("pain in the legs", "SYMPTOM"), ("fever", "SYMPTOM")]
+
+
+def test_vote_config_choice_picks_on_each_half_the_configuration_its_inner_cross_fit_prefers(tmp_path):
+    """benchmarks/vote_config_choice.py: of two member sets, the one whose vote is right wins the
+    inner cross-fit of every half, so every outer split scores the right vote; a bad --config is refused."""
+    import json
+
+    import pytest
+    from spacy.tokens import DocBin
+
+    vc = _load("vote_config_choice")
+    doc = _doc_maker("Patients with Alpha syndrome have rash and Beta fever .")
+    right = [(2, 4, "RAREDISEASE"), (5, 6, "SIGN"), (7, 9, "SYMPTOM")]
+    DocBin(docs=[doc(right) for _ in range(8)]).to_disk(tmp_path / "gold.spacy")
+    spans = {"a": right[:2], "b": right[1:], "c": right[::2], "x": [(0, 1, "SIGN")], "y": [(0, 1, "SIGN"), (5, 6, "SIGN")]}
+    for name, s in spans.items():
+        DocBin(docs=[doc(s) for _ in range(8)]).to_disk(tmp_path / f"{name}.spacy")
+    preds = [f"{n}={tmp_path / n}.spacy" for n in spans]
+    # "good": a, b, c with equal weights (two votes of three recover every span); "bad": x and y
+    assert vc.main([str(tmp_path / "gold.spacy"), "--predictions", *preds, "--config", "bad:x,y",
+                    "--config", "good:a,b,c:1", "--repeats", "2", "--output", str(tmp_path / "n.json")]) == 0
+    out = json.loads((tmp_path / "n.json").read_text())
+    assert [r["seed"] for r in out["runs"]] == [None, 0, 1]
+    assert all([c["config"] for c in r["chosen"]] == ["good", "good"] for r in out["runs"])
+    assert all(r["micro5"] == pytest.approx(1.0) for r in out["runs"])
+    assert out["spread"]["micro5"]["mean"] == pytest.approx(1.0)
+    assert out["runs"][0]["chosen"][0]["setting"]["weights"] == {"a": 1.0, "b": 1.0, "c": 1.0}
+    with pytest.raises(SystemExit, match="members among"):
+        vc.main([str(tmp_path / "gold.spacy"), "--predictions", *preds, "--config", "bad:x,z"])
