@@ -140,7 +140,7 @@ def test_best_workflow_writes_beside_all_not_over_it():
 
     args = expand_vars_file(["--vars-file", str(ROOT / "configs" / "best.vars.yml")], project_dir=ROOT)
     pairs = dict(zip(args[::2], args[1::2]))
-    assert pairs["--vars.lora_max_steps"] == "1600" and pairs["--vars.bert_max_steps"] == "900"
+    assert pairs["--vars.lora_max_steps"] == "1600" and pairs["--vars.bert_max_steps"] == "1500"
     best_vars = yaml.safe_load((ROOT / "configs" / "best.vars.yml").read_text())
     cfg = load_project_config(ROOT, overrides={"vars.raredis_dir": "x", **{f"vars.{k}": v for k, v in best_vars.items()}})
     commands = {c["name"]: c for c in cfg["commands"]}
@@ -174,7 +174,9 @@ def test_best_workflow_writes_beside_all_not_over_it():
     assert argv[argv.index("--components.transformer.model.bidirectional") + 1] == "true"
     assert argv[argv.index("--components.transformer.model.tokenizer_config.pad_token") + 1] == "<|im_end|>"
     search, build = commands["ensemble-best"]["script"]
-    members = [a for a in split_command(search) if "=metrics/best/" in a]
+    argv = split_command(search)
+    assert argv[argv.index("--weight-grid") + 1:argv.index("--weight-grid") + 3] == ["1", "--output"]  # equal weights
+    members = [a for a in argv if "=metrics/best/" in a]
     assert members == ["lora=metrics/best/lora-dev.spacy", "bert=metrics/best/bert-dev.spacy",
                        "cnn-vectors=metrics/best/cnn_vectors-dev.spacy", "decoder=metrics/best/decoder-dev.spacy"]
     # the pipeline is built from the same members, in the same order, as the search

@@ -172,7 +172,7 @@ def test_rerun_skips_unchanged_steps(tiny_project):
 
 def test_ensemble_best_step_votes_over_its_four_members(tiny_project):
     """The `best` workflow's `ensemble-best` step (spacy project run) on the tiny project's
-    members, the CNN standing in for the decoder member: the search and the build run, the
+    members, the CNN standing in for the decoder member: the search (equal weights) and the build run, the
     pipeline holds exactly its four members and gives what its setting gives on their saved
     predictions, document type included."""
     import spacy
@@ -193,7 +193,7 @@ def test_ensemble_best_step_votes_over_its_four_members(tiny_project):
     saved = {m: list(DocBin().from_disk(proj / "metrics" / f"{f}-dev.spacy").get_docs(vocab))
              for m, f in (("lora", "lora"), ("bert", "bert"), ("cnn-vectors", "cnn_vectors"), ("decoder", "decoder"))}
     setting = json.loads((proj / "metrics" / "ensemble_best-search.json").read_text())["setting_all"]
-    assert set(setting["weights"]) == set(saved)
+    assert setting["weights"] == {m: 1.0 for m in saved}  # one vote each (--weight-grid 1)
     probs = find_component(spacy.load(proj / "training" / "doc_type"), "doc_type").model.predict([g.text for g in gold])
     nlp = _assert_reproduces_saved(proj / "training" / "ensemble_best", gold, saved, setting,
                                    ["bert", "cnn-vectors", "decoder", "lora"], doc_probs=probs)
