@@ -30,13 +30,10 @@ import spacy
 
 from tokner.cli import _load_aligned_predictions
 from tokner.doctype import doc_label, find_component
-from tokner.ensemble import (_counts, choose, cross_fit, f_scores, fold_assignment, held_out_docs, objective, paper_row,
+from tokner.ensemble import (WEIGHT_GRID, choose, cross_fit, fold_assignment, held_out_docs, objective, paper_row,
                              predict, spread)
 from tokner.scoring.scorer import PAPER_LABELS
 from tokner.utils.textfile import write_json
-
-DEFAULT_GRID = (0.5, 1.0, 1.5, 2.0)
-
 
 def parse_config(text: str, known) -> Dict:
     name, _, rest = text.partition(":")
@@ -44,7 +41,7 @@ def parse_config(text: str, known) -> Dict:
     names = [m for m in members.split(",") if m]
     if not name or len(names) < 2 or any(m not in known for m in names):
         raise SystemExit(f"--config {text!r}: expected NAME:MEMBER,MEMBER,...[:W W ...] with members among {sorted(known)}")
-    return {"name": name, "members": names, "grid": tuple(float(w) for w in grid.split()) if grid else DEFAULT_GRID}
+    return {"name": name, "members": names, "grid": tuple(float(w) for w in grid.split()) if grid else WEIGHT_GRID}
 
 
 def main(argv=None) -> int:

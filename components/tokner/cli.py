@@ -237,15 +237,16 @@ def _cmd_ensemble_search(args) -> int:
     from spacy.tokens import DocBin
     from spacy.training import Example
 
-    from tokner.ensemble import (DOC_TYPE_THRESHOLDS, apply_consistency, copy_doc as copy, cross_fit, held_out_docs,
-                                 paper_row, paper_rows_markdown)
+    from tokner.ensemble import (DOC_TYPE_THRESHOLDS, WEIGHT_GRID, apply_consistency, copy_doc as copy, cross_fit,
+                                 held_out_docs, paper_row, paper_rows_markdown)
     from tokner.scoring.scorer import PAPER_LABELS, score_paper_ner
 
     if args.repeats < 0:
         raise SystemExit(f"--repeats must be 0 or more, got {args.repeats}")
-    if any(w <= 0 for w in args.weight_grid):
-        raise SystemExit(f"--weight-grid: weights must be positive, got {args.weight_grid}")
-    grid = {"weight_grid": tuple(args.weight_grid)}  # the member weights the vote's search tries
+    weight_grid = tuple(args.weight_grid or WEIGHT_GRID)  # the member weights the vote's search tries
+    if any(w <= 0 for w in weight_grid):
+        raise SystemExit(f"--weight-grid: weights must be positive, got {list(weight_grid)}")
+    grid = {"weight_grid": weight_grid}
     nlp = spacy.blank("en")
     gold, members = _load_aligned_predictions(args.gold, args.members, nlp)
     if not 2 <= args.folds <= len(gold):
@@ -304,7 +305,7 @@ def _cmd_ensemble_search(args) -> int:
                           for c in ("avg", "micro5", "SKINRAREDISEASE")))
     if args.output:
         out = {"gold": args.gold, "members": dict(s.partition("=")[::2] for s in args.members), "folds": args.folds,
-               "weight_grid": list(args.weight_grid),
+               "weight_grid": list(weight_grid),
                "rows": rows, "fold_settings": result["fold_settings"], "setting_all": result["setting_all"],
                "doc_type": args.doc_type,
                "doc_type_thresholds_tried": None if doc_probs is None else list(doc_kw.get("doc_thresholds", DOC_TYPE_THRESHOLDS))}
@@ -572,9 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "document type) and report the mean, sd and range of its scores: how much the figure owes "
                          "to one split")
     en.add_argument("--no-consistency", action="store_true", help="do not try document consistency after the vote")
-    en.add_argument("--weight-grid", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], metavar="W",
-                    help="member weights the search tries (the first member's fixed at 1; default 0.5 1 1.5 2); "
-                         "'--weight-grid 1' votes with equal weights and chooses only the threshold and span mode")
+    en.add_argument("--weight-grid", type=float, nargs="+", metavar="W",
+                    help="member weights the search tries (the first member's fixed at 1; default "
+                         "tokner.ensemble.WEIGHT_GRID, 0.5 1 1.5 2); '--weight-grid 1' votes with equal weights, so "
+                         "only the threshold, span mode, consistency and document-type relabelling are chosen")
     en.add_argument("--doc-type", metavar="PIPELINE",
                     help="a tokner train-doc-type pipeline: also try relabelling RAREDISEASE/SKINRAREDISEASE by its "
                          "document probability after the vote (each fold chooses relabelling or not with the weights)")

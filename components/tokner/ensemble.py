@@ -205,7 +205,10 @@ def objective(scores: Dict[str, float]) -> float:
     return 0.5 * scores["micro"] + 0.5 * scores["avg"]
 
 
-def candidate_settings(names: Sequence[str], weight_grid: Sequence[float] = (0.5, 1.0, 1.5, 2.0)):
+WEIGHT_GRID = (0.5, 1.0, 1.5, 2.0)  # the member weights the search tries by default
+
+
+def candidate_settings(names: Sequence[str], weight_grid: Sequence[float] = WEIGHT_GRID):
     """Every weight vector on the grid (the first member's weight fixed at 1: only ratios
     matter) with every threshold that can separate the vote sums."""
     for rest in itertools.product(weight_grid, repeat=len(names) - 1):
@@ -227,7 +230,7 @@ def _doc_typed(triples: List[Triple], p: Optional[float], threshold: Optional[fl
 
 
 def choose(gold: Sequence[Doc], members: Dict[str, Sequence[Doc]], labels: Sequence[str],
-           consistency: Sequence[bool] = (False, True), weight_grid: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
+           consistency: Sequence[bool] = (False, True), weight_grid: Sequence[float] = WEIGHT_GRID,
            by_boundary: Sequence[bool] = (False, True), doc_probs: Optional[Sequence[float]] = None,
            doc_thresholds: Sequence[Any] = DOC_TYPE_THRESHOLDS):
     """The setting (weights, threshold, by_boundary, consistency, doc_type_threshold) with the
